@@ -1,0 +1,5 @@
+DROP TABLE idempotency_keys;
+DROP TABLE outbox;
+DROP TABLE order_lines;
+DROP TABLE orders;
+DROP TABLE products;
