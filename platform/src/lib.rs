@@ -1,1 +1,21 @@
-//! placeholder
+//! Runtime plumbing shared by the ordering services, so each concept lives in one place:
+//!
+//! - [`settings`]: typed environment settings; a bad one stops the service with exit status 2
+//!   and one line naming it;
+//! - [`telemetry`]: structured `tracing` logs (`RUST_LOG`, `LOG_FORMAT`);
+//! - [`problem`]: RFC 9457 problem bodies, with internal errors logged under an id and never
+//!   leaked;
+//! - [`auth`]: HS256 bearer tokens and the caller's role;
+//! - [`http`]: middleware (request ids, trace ids, metrics, timeouts, limits), the JSON body
+//!   extractor that maps every malformed body to its 4xx, `/health/*` and `/metrics`, and
+//!   serving with graceful shutdown;
+//! - [`db`]: the PostgreSQL pool, with bounded waits;
+//! - [`shutdown`]: the SIGTERM / Ctrl-C signal.
+
+pub mod auth;
+pub mod db;
+pub mod http;
+pub mod problem;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;

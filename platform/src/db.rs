@@ -1,0 +1,40 @@
+//! The PostgreSQL connection pool shared by a service's handlers.
+
+use std::time::Duration;
+
+use diesel_async::AsyncPgConnection;
+use diesel_async::RunQueryDsl;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+
+/// A pool of async PostgreSQL connections.
+pub type PgPool = Pool<AsyncPgConnection>;
+/// A connection checked out of a [`PgPool`].
+pub type PgConn = Object<AsyncPgConnection>;
+
+/// Builds a pool of at most `max_size` connections. Waiting for a connection and opening one
+/// are both bounded, so a database that is gone turns into a quick error, not a hung request.
+pub fn pool(url: &str, max_size: usize) -> PgPool {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(3)))
+        .recycle_timeout(Some(Duration::from_secs(3)))
+        .build()
+        .expect("a pool with a runtime and timeouts always builds")
+}
+
+/// Checks the database answers; the error text names what failed.
+pub async fn ping(pool: &PgPool) -> Result<(), String> {
+    let check = async {
+        let mut conn = pool.get().await.map_err(|e: PoolError| e.to_string())?;
+        diesel::sql_query("SELECT 1").execute(&mut conn).await.map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(r) => r,
+        Err(_) => Err("no answer within 3 s".to_owned()),
+    }
+}
