@@ -41,7 +41,11 @@ impl Caller {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "this action needs the admin role"))
+            Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this action needs the admin role",
+            ))
         }
     }
 }
@@ -57,7 +61,9 @@ pub struct Authenticator {
 impl std::fmt::Debug for Authenticator {
     // The key is a secret: never print it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("enabled", &self.key.is_some()).finish()
+        f.debug_struct("Authenticator")
+            .field("enabled", &self.key.is_some())
+            .finish()
     }
 }
 
@@ -77,12 +83,18 @@ impl Authenticator {
         validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_exp = true;
-        Self { key: Some(Arc::new(DecodingKey::from_secret(secret))), validation: Arc::new(validation) }
+        Self {
+            key: Some(Arc::new(DecodingKey::from_secret(secret))),
+            validation: Arc::new(validation),
+        }
     }
 
     /// Treats every caller as an admin.
     pub fn disabled() -> Self {
-        Self { key: None, validation: Arc::new(Validation::new(Algorithm::HS256)) }
+        Self {
+            key: None,
+            validation: Arc::new(Validation::new(Algorithm::HS256)),
+        }
     }
 
     /// From `AUTH` and `JWT_SECRET`: the service refuses to start without a secret unless
@@ -90,25 +102,40 @@ impl Authenticator {
     pub fn from_env() -> Result<Self, SettingError> {
         match settings::raw("AUTH").as_deref() {
             Some("off") => {
-                tracing::warn!("AUTH=off: every caller is treated as an admin; never run this way in production");
+                tracing::warn!(
+                    "AUTH=off: every caller is treated as an admin; never run this way in production"
+                );
                 Ok(Self::disabled())
             }
             None | Some("on") => match settings::raw("JWT_SECRET") {
                 Some(secret) if secret.len() >= 16 => Ok(Self::hs256(secret.as_bytes())),
-                Some(_) => Err(SettingError::new("JWT_SECRET", "must be at least 16 bytes long")),
-                None => Err(SettingError::new("JWT_SECRET", "is required (or set AUTH=off for a local demo)")),
+                Some(_) => Err(SettingError::new(
+                    "JWT_SECRET",
+                    "must be at least 16 bytes long",
+                )),
+                None => Err(SettingError::new(
+                    "JWT_SECRET",
+                    "is required (or set AUTH=off for a local demo)",
+                )),
             },
-            Some(other) => Err(SettingError::new("AUTH", format!("{other:?} is not on or off"))),
+            Some(other) => Err(SettingError::new(
+                "AUTH",
+                format!("{other:?} is not on or off"),
+            )),
         }
     }
 
     /// Authenticates the value of an `Authorization` header (`None` if absent).
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, Problem> {
         let Some(key) = &self.key else {
-            return Ok(Caller { subject: Uuid::nil(), role: Role::Admin });
+            return Ok(Caller {
+                subject: Uuid::nil(),
+                role: Role::Admin,
+            });
         };
         let header = authorization.ok_or_else(|| unauthorized("a bearer token is required"))?;
-        let header = std::str::from_utf8(header).map_err(|_| unauthorized("malformed Authorization header"))?;
+        let header = std::str::from_utf8(header)
+            .map_err(|_| unauthorized("malformed Authorization header"))?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -120,11 +147,14 @@ impl Authenticator {
             match e.kind() {
                 ErrorKind::ExpiredSignature => unauthorized("the token has expired"),
                 ErrorKind::InvalidAlgorithm => unauthorized("only HS256 tokens are accepted"),
-                ErrorKind::MissingRequiredClaim(c) => unauthorized(&format!("the token lacks the {c} claim")),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    unauthorized(&format!("the token lacks the {c} claim"))
+                }
                 _ => unauthorized("the token is invalid"),
             }
         })?;
-        let subject = Uuid::parse_str(&data.claims.sub).map_err(|_| unauthorized("the token's sub is not a UUID"))?;
+        let subject = Uuid::parse_str(&data.claims.sub)
+            .map_err(|_| unauthorized("the token's sub is not a UUID"))?;
         let role = match data.claims.role.as_str() {
             "customer" => Role::Customer,
             "admin" => Role::Admin,
@@ -147,7 +177,12 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let auth = Authenticator::from_ref(state);
-        auth.authenticate(parts.headers.get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes()))
+        auth.authenticate(
+            parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
     }
 }
 
@@ -160,7 +195,12 @@ mod tests {
     const SECRET: &[u8] = b"test-secret-0123456789";
 
     fn token(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     fn exp(offset: i64) -> i64 {
@@ -174,8 +214,18 @@ mod tests {
     #[test]
     fn accepts_a_valid_customer_token() {
         let sub = Uuid::now_v7();
-        let t = token(json!({"sub": sub, "role": "customer", "exp": exp(60)}), Algorithm::HS256, SECRET);
-        assert_eq!(check(&t).unwrap(), Caller { subject: sub, role: Role::Customer });
+        let t = token(
+            json!({"sub": sub, "role": "customer", "exp": exp(60)}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(
+            check(&t).unwrap(),
+            Caller {
+                subject: sub,
+                role: Role::Customer
+            }
+        );
     }
 
     #[test]
@@ -201,7 +251,11 @@ mod tests {
 
     #[test]
     fn tolerates_bounded_clock_skew() {
-        let t = token(json!({"sub": Uuid::now_v7(), "role": "admin", "exp": exp(-20)}), Algorithm::HS256, SECRET);
+        let t = token(
+            json!({"sub": Uuid::now_v7(), "role": "admin", "exp": exp(-20)}),
+            Algorithm::HS256,
+            SECRET,
+        );
         assert!(check(&t).is_ok());
     }
 
@@ -209,6 +263,9 @@ mod tests {
     fn missing_or_non_bearer_header_is_401() {
         let auth = Authenticator::hs256(SECRET);
         assert_eq!(auth.authenticate(None).unwrap_err().status, 401);
-        assert_eq!(auth.authenticate(Some(b"Basic abc")).unwrap_err().status, 401);
+        assert_eq!(
+            auth.authenticate(Some(b"Basic abc")).unwrap_err().status,
+            401
+        );
     }
 }

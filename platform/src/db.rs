@@ -30,7 +30,10 @@ pub fn pool(url: &str, max_size: usize) -> PgPool {
 pub async fn ping(pool: &PgPool) -> Result<(), String> {
     let check = async {
         let mut conn = pool.get().await.map_err(|e: PoolError| e.to_string())?;
-        diesel::sql_query("SELECT 1").execute(&mut conn).await.map_err(|e| e.to_string())?;
+        diesel::sql_query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     };
     match tokio::time::timeout(Duration::from_secs(3), check).await {

@@ -67,12 +67,21 @@ impl Problem {
 
     /// 404 `not_found`.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     /// 503 `service_unavailable`, for a dependency that is down; clients may retry.
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", detail).with_retry_after(1)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            detail,
+        )
+        .with_retry_after(1)
     }
 
     /// A 500 for an unexpected failure: logs `error` under a new id and answers with the id only.
@@ -104,10 +113,15 @@ impl IntoResponse for Problem {
         let status = self.status_code();
         let retry = self.retry_after_secs;
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        let mut res = (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body)
+        let mut res = (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+            body,
+        )
             .into_response();
         if let Some(secs) = retry {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
@@ -119,7 +133,10 @@ mod tests {
 
     #[test]
     fn body_has_the_contract_fields() {
-        let p = Problem::validation(vec![FieldProblem { field: "sku".into(), message: "bad".into() }]);
+        let p = Problem::validation(vec![FieldProblem {
+            field: "sku".into(),
+            message: "bad".into(),
+        }]);
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["status"], 422);
         assert_eq!(v["code"], "validation_failed");

@@ -18,7 +18,10 @@ pub struct SettingError {
 
 impl SettingError {
     pub fn new(name: &'static str, message: impl Into<String>) -> Self {
-        Self { name, message: message.into() }
+        Self {
+            name,
+            message: message.into(),
+        }
     }
 
     /// Prints the one line naming the setting and stops the process with status 2.
@@ -58,7 +61,10 @@ pub fn duration(name: &'static str, default: Duration) -> Result<Duration, Setti
     match raw(name) {
         None => Ok(default),
         Some(v) => parse_duration(&v).ok_or_else(|| {
-            SettingError::new(name, format!("{v:?} is not a duration like 250ms, 30s, 5m, 12h or 7d"))
+            SettingError::new(
+                name,
+                format!("{v:?} is not a duration like 250ms, 30s, 5m, 12h or 7d"),
+            )
         }),
     }
 }
@@ -81,10 +87,17 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 }
 
 /// A socket address setting.
-pub fn socket_addr(name: &'static str, default: &str) -> Result<std::net::SocketAddr, SettingError> {
+pub fn socket_addr(
+    name: &'static str,
+    default: &str,
+) -> Result<std::net::SocketAddr, SettingError> {
     let v = string(name, default);
-    v.parse()
-        .map_err(|_| SettingError::new(name, format!("{v:?} is not a host:port address like 127.0.0.1:8080")))
+    v.parse().map_err(|_| {
+        SettingError::new(
+            name,
+            format!("{v:?} is not a host:port address like 127.0.0.1:8080"),
+        )
+    })
 }
 
 /// A URL setting that must start with one of `schemes` (e.g. `postgres://`).
@@ -93,7 +106,10 @@ pub fn url(name: &'static str, default: &str, schemes: &[&str]) -> Result<String
     if schemes.iter().any(|s| v.starts_with(s)) {
         Ok(v)
     } else {
-        Err(SettingError::new(name, format!("must be a URL starting with {}", schemes.join(" or "))))
+        Err(SettingError::new(
+            name,
+            format!("must be a URL starting with {}", schemes.join(" or ")),
+        ))
     }
 }
 

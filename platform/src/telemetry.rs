@@ -17,12 +17,22 @@ pub fn init() -> Result<(), SettingError> {
         Some("json") => true,
         Some("pretty") => false,
         Some(other) => {
-            return Err(SettingError::new("LOG_FORMAT", format!("{other:?} is not json or pretty")));
+            return Err(SettingError::new(
+                "LOG_FORMAT",
+                format!("{other:?} is not json or pretty"),
+            ));
         }
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }

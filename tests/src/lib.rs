@@ -1,1 +1,5 @@
-//! placeholder
+//! Test support for the ordering pipeline: real PostgreSQL, RabbitMQ and Redis, isolated per
+//! test (a database cloned from a migrated template, unique exchange/queue names, a Redis key
+//! prefix), and helpers to run the services in-process or as child processes.
+
+pub mod test_db;

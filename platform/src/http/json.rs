@@ -39,7 +39,11 @@ where
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
             } else {
-                Problem::new(StatusCode::BAD_REQUEST, "malformed_body", "the request body could not be read")
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    "the request body could not be read",
+                )
             }
         })?;
         if bytes.len() > BODY_LIMIT {
@@ -71,13 +75,22 @@ fn too_large() -> Problem {
 }
 
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
 }
 
 fn parse(bytes: &[u8]) -> Result<serde_json::Value, Problem> {
     serde_json::from_slice(bytes).map_err(|e| {
-        Problem::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the request body is not valid JSON: {e}"))
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
     })
 }
 
@@ -101,7 +114,10 @@ pub fn decode<T: DeserializeOwned>(json: &serde_json::Value) -> Result<T, Proble
             None if path == "." => "body".to_owned(),
             None => path,
         };
-        Problem::validation(vec![FieldProblem { field, message: inner }])
+        Problem::validation(vec![FieldProblem {
+            field,
+            message: inner,
+        }])
     })
 }
 
@@ -140,9 +156,18 @@ mod tests {
         assert_eq!(field(json!({"lines": []})), "count");
         assert_eq!(field(json!({"count": 1, "lines": [], "extra": 1})), "extra");
         assert_eq!(field(json!({"count": "1", "lines": []})), "count");
-        assert_eq!(field(json!({"count": 9_223_372_036_854_775_808u64, "lines": []})), "count");
-        assert_eq!(field(json!({"count": 1, "lines": [{"quantity": 1.5}]})), "lines[0].quantity");
-        assert_eq!(field(json!({"count": 1, "lines": [{}]})), "lines[0].quantity");
+        assert_eq!(
+            field(json!({"count": 9_223_372_036_854_775_808u64, "lines": []})),
+            "count"
+        );
+        assert_eq!(
+            field(json!({"count": 1, "lines": [{"quantity": 1.5}]})),
+            "lines[0].quantity"
+        );
+        assert_eq!(
+            field(json!({"count": 1, "lines": [{}]})),
+            "lines[0].quantity"
+        );
         assert_eq!(field(json!([1, 2])), "body");
     }
 

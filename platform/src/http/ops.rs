@@ -28,10 +28,18 @@ pub struct DependencyState {
 
 impl DependencyState {
     pub fn up(required: bool) -> Self {
-        Self { ok: true, required, detail: None }
+        Self {
+            ok: true,
+            required,
+            detail: None,
+        }
     }
     pub fn down(required: bool, detail: impl Into<String>) -> Self {
-        Self { ok: false, required, detail: Some(detail.into()) }
+        Self {
+            ok: false,
+            required,
+            detail: Some(detail.into()),
+        }
     }
     pub fn from_result(required: bool, r: Result<(), String>) -> Self {
         match r {
@@ -42,7 +50,8 @@ impl DependencyState {
 }
 
 /// Checks the service's dependencies, by name.
-pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, BTreeMap<&'static str, DependencyState>> + Send + Sync>;
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> BoxFuture<'static, BTreeMap<&'static str, DependencyState>> + Send + Sync>;
 
 #[derive(Clone)]
 struct OpsState {
@@ -56,7 +65,10 @@ pub fn router(ready: ReadinessCheck) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(readiness))
         .route("/metrics", get(render_metrics))
-        .with_state(OpsState { ready, metrics: metrics_handle() })
+        .with_state(OpsState {
+            ready,
+            metrics: metrics_handle(),
+        })
 }
 
 async fn live() -> impl IntoResponse {
@@ -75,7 +87,11 @@ async fn readiness(State(s): State<OpsState>) -> Response {
     if ready {
         axum::Json(serde_json::json!({"status": status, "dependencies": deps})).into_response()
     } else {
-        let down: Vec<&str> = deps.iter().filter(|(_, d)| !d.ok && d.required).map(|(n, _)| *n).collect();
+        let down: Vec<&str> = deps
+            .iter()
+            .filter(|(_, d)| !d.ok && d.required)
+            .map(|(n, _)| *n)
+            .collect();
         let body = serde_json::json!({
             "type": "urn:ordering:problem:not_ready",
             "title": "Service Unavailable",
@@ -84,12 +100,20 @@ async fn readiness(State(s): State<OpsState>) -> Response {
             "detail": format!("not ready: {} unavailable", down.join(", ")),
             "dependencies": deps,
         });
-        (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, PROBLEM_JSON)], body.to_string()).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, PROBLEM_JSON)],
+            body.to_string(),
+        )
+            .into_response()
     }
 }
 
 async fn render_metrics(State(s): State<OpsState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }
 
 /// The process-wide Prometheus recorder, installed on first use. Latency histograms share
@@ -99,7 +123,8 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)

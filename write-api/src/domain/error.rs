@@ -163,7 +163,10 @@ mod tests {
             from: OrderStatus::Shipped,
             action: "cancelled",
         };
-        assert_eq!(e.to_string(), "an order that is shipped cannot be cancelled");
+        assert_eq!(
+            e.to_string(),
+            "an order that is shipped cannot be cancelled"
+        );
         assert_eq!(
             DomainError::field("x", "y").to_string(),
             "the request has invalid fields"

@@ -260,7 +260,9 @@ pub(crate) mod tests {
     }
 
     fn product() -> Product {
-        Product::create(Uuid::now_v7(), new_product(), t0()).unwrap().0
+        Product::create(Uuid::now_v7(), new_product(), t0())
+            .unwrap()
+            .0
     }
 
     fn fields(err: DomainError) -> Vec<String> {
@@ -288,7 +290,10 @@ pub(crate) mod tests {
             (s.sku.as_str(), s.name.as_str(), s.description.as_str()),
             ("WIDGET-1", "Widget", "A widget")
         );
-        assert_eq!((s.price_cents, s.currency.as_str(), s.stock), (1_250, "EUR", 10));
+        assert_eq!(
+            (s.price_cents, s.currency.as_str(), s.stock),
+            (1_250, "EUR", 10)
+        );
         assert_eq!((s.created_at, s.updated_at), (t0(), t0()));
         assert_event(&event, EventKind::ProductCreated, &p);
     }
@@ -341,25 +346,83 @@ pub(crate) mod tests {
         let err = Product::create(Uuid::now_v7(), input, t0()).unwrap_err();
         assert_eq!(
             fields(err),
-            ["sku", "name", "description", "price_cents", "currency", "stock"]
+            [
+                "sku",
+                "name",
+                "description",
+                "price_cents",
+                "currency",
+                "stock"
+            ]
         );
     }
 
     #[test]
     fn create_refuses_each_field_just_beyond_its_bounds() {
         let cases: Vec<(&str, NewProduct)> = vec![
-            ("sku", NewProduct { sku: "s".repeat(65), ..new_product() }),
-            ("sku", NewProduct { sku: "bad sku".into(), ..new_product() }),
-            ("sku", NewProduct { sku: "a\0".into(), ..new_product() }),
-            ("name", NewProduct { name: "".into(), ..new_product() }),
-            ("name", NewProduct { name: "\0".into(), ..new_product() }),
+            (
+                "sku",
+                NewProduct {
+                    sku: "s".repeat(65),
+                    ..new_product()
+                },
+            ),
+            (
+                "sku",
+                NewProduct {
+                    sku: "bad sku".into(),
+                    ..new_product()
+                },
+            ),
+            (
+                "sku",
+                NewProduct {
+                    sku: "a\0".into(),
+                    ..new_product()
+                },
+            ),
+            (
+                "name",
+                NewProduct {
+                    name: "".into(),
+                    ..new_product()
+                },
+            ),
+            (
+                "name",
+                NewProduct {
+                    name: "\0".into(),
+                    ..new_product()
+                },
+            ),
             (
                 "description",
-                NewProduct { description: Some("d".repeat(2_001)), ..new_product() },
+                NewProduct {
+                    description: Some("d".repeat(2_001)),
+                    ..new_product()
+                },
             ),
-            ("price_cents", NewProduct { price_cents: -1, ..new_product() }),
-            ("currency", NewProduct { currency: "EURO".into(), ..new_product() }),
-            ("stock", NewProduct { stock: values::STOCK_MAX + 1, ..new_product() }),
+            (
+                "price_cents",
+                NewProduct {
+                    price_cents: -1,
+                    ..new_product()
+                },
+            ),
+            (
+                "currency",
+                NewProduct {
+                    currency: "EURO".into(),
+                    ..new_product()
+                },
+            ),
+            (
+                "stock",
+                NewProduct {
+                    stock: values::STOCK_MAX + 1,
+                    ..new_product()
+                },
+            ),
         ];
         for (field, input) in cases {
             let err = Product::create(Uuid::now_v7(), input, t0()).unwrap_err();
@@ -493,7 +556,13 @@ pub(crate) mod tests {
     fn adjust_stock_delta_bounds() {
         let mut p = product();
         let before = p.clone();
-        for bad in [0, values::DELTA_MAX + 1, -values::DELTA_MAX - 1, i64::MIN, i64::MAX] {
+        for bad in [
+            0,
+            values::DELTA_MAX + 1,
+            -values::DELTA_MAX - 1,
+            i64::MIN,
+            i64::MAX,
+        ] {
             let err = p.adjust_stock(bad, None, t0()).unwrap_err();
             assert_eq!(fields(err), ["delta"], "delta {bad}");
             assert_eq!(p, before);
@@ -527,7 +596,10 @@ pub(crate) mod tests {
         state.stock = i64::MAX;
         let mut p = Product::from_state(state);
         let before = p.clone();
-        assert_eq!(fields(p.adjust_stock(1, None, t0()).unwrap_err()), ["delta"]);
+        assert_eq!(
+            fields(p.adjust_stock(1, None, t0()).unwrap_err()),
+            ["delta"]
+        );
         assert_eq!(p, before);
     }
 

@@ -1,0 +1,204 @@
+//! The commands of the write side, one file each: request type, validation, handler and the
+//! work done in the database, readable top to bottom.
+//!
+//! Every command runs through [`execute`]: one transaction holding the domain change, its
+//! outbox rows and (with an `Idempotency-Key`) the remembered answer. A failure anywhere
+//! rolls all of it back, so a refused or failed command leaves no trace.
+
+pub mod adjust_stock;
+pub mod cancel_order;
+pub mod create_product;
+pub mod pay_order;
+pub mod place_order;
+pub mod ship_order;
+pub mod update_product;
+
+use std::future::Future;
+
+use axum::http::StatusCode;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use ordering_schema::consistency::VersionMark;
+use ordering_schema::events::AggregateType;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::domain::{DomainError, Order, Product, Recorded};
+use crate::error::ApiError;
+use crate::http::meta::{CommandMeta, IfMatch};
+use crate::http::reply::Reply;
+use crate::store::idempotency::{self, Claim, KeyScope};
+use crate::store::{orders, outbox, products};
+
+/// A validated command, ready to run inside a transaction.
+pub trait Command: Send {
+    /// Loads and locks what it changes, asks the domain, stores the new state and the events.
+    fn run(
+        self,
+        conn: &mut AsyncPgConnection,
+        meta: &CommandMeta,
+    ) -> impl Future<Output = Result<Reply, ApiError>> + Send;
+}
+
+/// Runs `command` in one transaction, honouring the request's `Idempotency-Key`.
+///
+/// With a key, the command runs in a savepoint after the key is claimed: a refusal (4xx)
+/// rolls back the command's changes but keeps the key with the refusal as its answer, so the
+/// repeat gets the same refusal; an internal error rolls back everything, key included.
+pub async fn execute<C: Command>(
+    app: &AppState,
+    meta: &CommandMeta,
+    body: &serde_json::Value,
+    command: C,
+) -> Result<Reply, ApiError> {
+    let mut conn = app.pool.get().await?;
+    let scope = meta.idempotency_key.as_deref().map(|key| KeyScope {
+        caller: meta.caller.subject.to_string(),
+        target: &meta.target,
+        key,
+        request_hash: idempotency::request_hash(body),
+    });
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let Some(scope) = &scope else {
+            return command.run(conn, meta).await;
+        };
+        match idempotency::claim(conn, scope).await? {
+            Claim::Replay(reply) => return Ok(reply),
+            Claim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
+            Claim::Fresh => {}
+        }
+        let outcome = conn
+            .transaction::<_, ApiError, _>(async |conn| command.run(conn, meta).await)
+            .await;
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(e) if e.is_client_error() => Reply::refusal(&e),
+            Err(e) => return Err(e),
+        };
+        idempotency::record(conn, scope, &reply).await?;
+        Ok(reply)
+    })
+    .await
+}
+
+/// The reply of a command that changed one product.
+pub fn product_reply(product: &Product) -> Result<Reply, ApiError> {
+    let p = product.state();
+    Reply::success(
+        StatusCode::OK,
+        p,
+        p.version,
+        None,
+        vec![VersionMark {
+            aggregate: AggregateType::Product,
+            id: p.id,
+            version: p.version,
+        }],
+    )
+}
+
+/// Locks product `id`, checks `If-Match`, applies `change`, and stores the new state and its
+/// event: the whole of a single-product command.
+pub async fn change_product(
+    conn: &mut AsyncPgConnection,
+    meta: &CommandMeta,
+    id: Uuid,
+    change: impl FnOnce(&mut Product) -> Result<Recorded, DomainError> + Send,
+) -> Result<Reply, ApiError> {
+    let mut product = products::lock(conn, id)
+        .await?
+        .ok_or(ApiError::NotFound("product"))?;
+    check_precondition(meta.if_match, "product", product.version())?;
+    let event = change(&mut product)?;
+    products::save(conn, &product).await?;
+    outbox::append(conn, &[event], meta.traceparent.as_deref()).await?;
+    product_reply(&product)
+}
+
+/// Locks order `id` as seen by the caller: a customer sees only its own orders; anyone
+/// else's is "not found", so existence is not revealed.
+pub async fn lock_visible_order(
+    conn: &mut AsyncPgConnection,
+    meta: &CommandMeta,
+    id: Uuid,
+) -> Result<Order, ApiError> {
+    let order = orders::lock(conn, id)
+        .await?
+        .ok_or(ApiError::NotFound("order"))?;
+    if !meta.caller.is_admin() && order.customer_id() != meta.caller.subject {
+        return Err(ApiError::NotFound("order"));
+    }
+    check_precondition(meta.if_match, "order", order.version())?;
+    Ok(order)
+}
+
+/// The reply of a command on an order; `events` are all it recorded, so the consistency
+/// token covers every aggregate it changed (the order and any product whose stock moved).
+pub fn order_reply(
+    status: StatusCode,
+    order: &Order,
+    events: &[Recorded],
+) -> Result<Reply, ApiError> {
+    let o = order.state();
+    let location = (status == StatusCode::CREATED).then(|| format!("/v1/orders/{}", o.id));
+    let marks = events
+        .iter()
+        .map(|e| VersionMark {
+            aggregate: e.kind().aggregate_type(),
+            id: e.aggregate_id(),
+            version: e.sequence(),
+        })
+        .collect();
+    Reply::success(status, o, o.version, location, marks)
+}
+
+/// Locks order `id`, checks visibility and `If-Match`, applies a status `change` that touches
+/// no product, and stores it with its event.
+pub async fn change_order_status(
+    conn: &mut AsyncPgConnection,
+    meta: &CommandMeta,
+    id: Uuid,
+    change: impl FnOnce(&mut Order) -> Result<Recorded, DomainError> + Send,
+) -> Result<Reply, ApiError> {
+    let mut order = lock_visible_order(conn, meta, id).await?;
+    let event = change(&mut order)?;
+    orders::save(conn, &order).await?;
+    let events = [event];
+    outbox::append(conn, &events, meta.traceparent.as_deref()).await?;
+    order_reply(StatusCode::OK, &order, &events)
+}
+
+/// 412 unless the aggregate's `version` meets the request's `If-Match`.
+pub fn check_precondition(
+    if_match: Option<IfMatch>,
+    aggregate: &'static str,
+    version: i64,
+) -> Result<(), ApiError> {
+    match if_match {
+        Some(p) if !p.matches(version) => Err(ApiError::VersionConflict {
+            aggregate,
+            expected: p.describe(),
+            actual: Some(version),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `If-Match` on a command that creates an aggregate can never hold: nothing exists yet.
+pub fn refuse_precondition_on_create(
+    if_match: Option<IfMatch>,
+    aggregate: &'static str,
+) -> Result<(), ApiError> {
+    match if_match {
+        Some(p) => Err(ApiError::VersionConflict {
+            aggregate,
+            expected: p.describe(),
+            actual: None,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A path id: anything that is not a UUID names nothing, so it is 404 like a missing id.
+pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(what))
+}

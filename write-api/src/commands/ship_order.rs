@@ -1,0 +1,57 @@
+//! `POST /v1/orders/{id}/ship`: mark a paid order shipped (admin).
+
+use axum::extract::{Path, State};
+use diesel_async::AsyncPgConnection;
+use ordering_platform::http::json::JsonBody;
+use ordering_platform::problem::Problem;
+use ordering_schema::events::{OrderData, now};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Command, change_order_status, execute, parse_id};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::http::meta::CommandMeta;
+use crate::http::reply::Reply;
+
+/// Body of `POST /v1/orders/{id}/ship`: empty.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShipOrderRequest {}
+
+struct ShipOrder(Uuid);
+
+impl Command for ShipOrder {
+    async fn run(
+        self,
+        conn: &mut AsyncPgConnection,
+        meta: &CommandMeta,
+    ) -> Result<Reply, ApiError> {
+        change_order_status(conn, meta, self.0, |o| o.ship(now())).await
+    }
+}
+
+/// Ships an order.
+#[utoipa::path(
+    post, path = "/v1/orders/{id}/ship", tag = "orders",
+    request_body = ShipOrderRequest,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = OrderData),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, description = "invalid_transition", body = Problem),
+        (status = 412, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn handler(
+    State(app): State<AppState>,
+    meta: CommandMeta,
+    Path(id): Path<String>,
+    body: JsonBody<ShipOrderRequest>,
+) -> Result<Reply, ApiError> {
+    meta.caller.require_admin()?;
+    let id = parse_id(&id, "order")?;
+    execute(&app, &meta, &body.json, ShipOrder(id)).await
+}

@@ -1,0 +1,76 @@
+//! `PATCH /v1/products/{id}`: change a product's name, description or price (admin).
+
+use axum::extract::{Path, State};
+use diesel_async::AsyncPgConnection;
+use ordering_platform::http::json::JsonBody;
+use ordering_platform::problem::Problem;
+use ordering_schema::events::{ProductData, now};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Command, change_product, execute, parse_id};
+use crate::app::AppState;
+use crate::domain::ProductChanges;
+use crate::error::ApiError;
+use crate::http::meta::CommandMeta;
+use crate::http::reply::Reply;
+
+/// Body of `PATCH /v1/products/{id}`: at least one field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProductRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub price_cents: Option<i64>,
+}
+
+struct UpdateProduct {
+    id: Uuid,
+    changes: ProductChanges,
+}
+
+impl Command for UpdateProduct {
+    async fn run(
+        self,
+        conn: &mut AsyncPgConnection,
+        meta: &CommandMeta,
+    ) -> Result<Reply, ApiError> {
+        let changes = self.changes;
+        change_product(conn, meta, self.id, |p| p.update(changes, now())).await
+    }
+}
+
+/// Updates a product.
+#[utoipa::path(
+    patch, path = "/v1/products/{id}", tag = "catalog",
+    request_body = UpdateProductRequest,
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, description = "\"<version>\" or *"),
+        ("Idempotency-Key" = Option<String>, Header),
+    ),
+    responses(
+        (status = 200, body = ProductData),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 412, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn handler(
+    State(app): State<AppState>,
+    meta: CommandMeta,
+    Path(id): Path<String>,
+    body: JsonBody<UpdateProductRequest>,
+) -> Result<Reply, ApiError> {
+    meta.caller.require_admin()?;
+    let id = parse_id(&id, "product")?;
+    let r = body.value;
+    let changes = ProductChanges {
+        name: r.name,
+        description: r.description,
+        price_cents: r.price_cents,
+    };
+    execute(&app, &meta, &body.json, UpdateProduct { id, changes }).await
+}

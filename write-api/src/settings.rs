@@ -1,0 +1,68 @@
+//! The write-api's settings, from the environment (CONTRACT.md, "Ports and settings").
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ordering_platform::auth::Authenticator;
+use ordering_platform::http::layers::HttpLimits;
+use ordering_platform::settings::{self, SettingError};
+
+/// Everything the write-api reads at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `WRITE_API_ADDR`, default `127.0.0.1:8080`.
+    pub addr: SocketAddr,
+    /// `JWT_SECRET` / `AUTH`.
+    pub auth: Authenticator,
+    /// `DB_POOL_SIZE`, default 16: the most database connections this instance opens.
+    pub pool_size: usize,
+    /// `REQUEST_TIMEOUT` (default 10s) and `MAX_CONCURRENT_REQUESTS` (default 512).
+    pub limits: HttpLimits,
+    /// `IDEMPOTENCY_TTL`, default 24h (the contract's minimum): how long keys are kept.
+    pub idempotency_ttl: Duration,
+}
+
+/// Default `DATABASE_URL` of every service.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/ordering";
+
+impl Settings {
+    /// Reads the settings; the error names the first bad one.
+    pub fn from_env() -> Result<Self, SettingError> {
+        let idempotency_ttl =
+            settings::duration("IDEMPOTENCY_TTL", Duration::from_secs(24 * 3600))?;
+        if idempotency_ttl < Duration::from_secs(24 * 3600) {
+            return Err(SettingError::new(
+                "IDEMPOTENCY_TTL",
+                "must be at least 24h (the contract keeps keys that long)",
+            ));
+        }
+        let pool_size = settings::parsed("DB_POOL_SIZE", 16usize)?;
+        if pool_size == 0 {
+            return Err(SettingError::new("DB_POOL_SIZE", "must be at least 1"));
+        }
+        let max_concurrent_requests = settings::parsed("MAX_CONCURRENT_REQUESTS", 512usize)?;
+        if max_concurrent_requests == 0 {
+            return Err(SettingError::new(
+                "MAX_CONCURRENT_REQUESTS",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            database_url: settings::url(
+                "DATABASE_URL",
+                DEFAULT_DATABASE_URL,
+                &["postgres://", "postgresql://"],
+            )?,
+            addr: settings::socket_addr("WRITE_API_ADDR", "127.0.0.1:8080")?,
+            auth: Authenticator::from_env()?,
+            pool_size,
+            limits: HttpLimits {
+                request_timeout: settings::duration("REQUEST_TIMEOUT", Duration::from_secs(10))?,
+                max_concurrent_requests,
+            },
+            idempotency_ttl,
+        })
+    }
+}
