@@ -3,3 +3,4 @@
 //! prefix), and helpers to run the services in-process or as child processes.
 
 pub mod test_db;
+pub mod write_app;
