@@ -51,5 +51,10 @@ pub async fn run_pending(
     .map_err(|_| MigrateError::Panicked)?
 }
 
+/// How many migrations `migrations` holds.
+pub fn count(migrations: &EmbeddedMigrations) -> usize {
+    diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(migrations).map(|m| m.len()).unwrap_or(0)
+}
+
 /// Advisory lock key of the write side's migrations ("ordering" in ASCII, as a number).
 pub const WRITE_SIDE_LOCK: i64 = 0x6f72_6465_7269_6e67;

@@ -2,5 +2,6 @@
 //! test (a database cloned from a migrated template, unique exchange/queue names, a Redis key
 //! prefix), and helpers to run the services in-process or as child processes.
 
+pub mod process;
 pub mod test_db;
 pub mod write_app;

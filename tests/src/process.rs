@@ -1,0 +1,122 @@
+//! The services' binaries as child processes, for tests that signal, kill or restart them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Builds `package`'s binary once per test process (a no-op when up to date) and returns its
+/// path. Tests of this crate cannot use `CARGO_BIN_EXE_*` for another package's binary.
+pub fn binary(package: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let release = !cfg!(debug_assertions);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|p| p == package) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&root).args(["build", "-q", "-p", package]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap_or_else(|e| panic!("run cargo build -p {package}: {e}"));
+        assert!(status.success(), "cargo build -p {package} failed");
+        built.push(package.to_owned());
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    target.join(if release { "release" } else { "debug" }).join(package)
+}
+
+/// A free local address (bound and released; good enough for tests).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A running service binary; killed when dropped.
+pub struct ServiceProcess {
+    child: Child,
+    /// Where it serves HTTP (`/health/*`, `/metrics`, its API).
+    pub addr: SocketAddr,
+}
+
+impl ServiceProcess {
+    /// Starts `package`'s binary with `args` and `env`, listening on a free port given in the
+    /// setting `addr_var` (e.g. `WRITE_API_ADDR`).
+    pub fn spawn(package: &str, args: &[&str], addr_var: &str, env: &HashMap<String, String>) -> Self {
+        let addr = free_addr();
+        let child = Command::new(binary(package))
+            .args(args)
+            .envs(env)
+            .env(addr_var, addr.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {package}: {e}"));
+        Self { child, addr }
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The status of `GET /health/ready`, or `None` while nothing answers.
+    pub async fn ready_status(&self) -> Option<u16> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
+        client.get(self.url("/health/ready")).send().await.ok().map(|r| r.status().as_u16())
+    }
+
+    /// Waits until `/health/ready` answers `status`, failing after `limit`.
+    pub async fn wait_ready_status(&self, status: u16, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.ready_status().await != Some(status) {
+            assert!(Instant::now() < deadline, "{} did not answer {status} on /health/ready within {limit:?}", self.addr);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
+    /// Waits for the process to exit, failing after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait child") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`, and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `package`'s binary to completion with `args` and `env` (no listening address), and
+/// returns its exit status and standard error.
+pub fn run_to_exit(package: &str, args: &[&str], env: &HashMap<String, String>) -> (ExitStatus, String) {
+    let out = Command::new(binary(package))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {package}: {e}"));
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
