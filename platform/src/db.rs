@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
 use diesel_async::RunQueryDsl;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
 
 /// A pool of async PostgreSQL connections.
@@ -15,7 +15,12 @@ pub type PgConn = Object<AsyncPgConnection>;
 /// Builds a pool of at most `max_size` connections. Waiting for a connection and opening one
 /// are both bounded, so a database that is gone turns into a quick error, not a hung request.
 pub fn pool(url: &str, max_size: usize) -> PgPool {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    // Fast recycling: checking a connection with a query on every checkout would add a round
+    // trip to every request; a dead connection fails its first query instead, is answered
+    // as "database unavailable" and is not returned to the pool.
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager)
         .max_size(max_size)
         .runtime(deadpool::Runtime::Tokio1)
