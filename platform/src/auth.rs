@@ -102,26 +102,18 @@ impl Authenticator {
     pub fn from_env() -> Result<Self, SettingError> {
         match settings::raw("AUTH").as_deref() {
             Some("off") => {
-                tracing::warn!(
-                    "AUTH=off: every caller is treated as an admin; never run this way in production"
-                );
+                tracing::warn!("AUTH=off: every caller is treated as an admin; never run this way in production");
                 Ok(Self::disabled())
             }
             None | Some("on") => match settings::raw("JWT_SECRET") {
                 Some(secret) if secret.len() >= 16 => Ok(Self::hs256(secret.as_bytes())),
-                Some(_) => Err(SettingError::new(
-                    "JWT_SECRET",
-                    "must be at least 16 bytes long",
-                )),
+                Some(_) => Err(SettingError::new("JWT_SECRET", "must be at least 16 bytes long")),
                 None => Err(SettingError::new(
                     "JWT_SECRET",
                     "is required (or set AUTH=off for a local demo)",
                 )),
             },
-            Some(other) => Err(SettingError::new(
-                "AUTH",
-                format!("{other:?} is not on or off"),
-            )),
+            Some(other) => Err(SettingError::new("AUTH", format!("{other:?} is not on or off"))),
         }
     }
 
@@ -134,8 +126,7 @@ impl Authenticator {
             });
         };
         let header = authorization.ok_or_else(|| unauthorized("a bearer token is required"))?;
-        let header = std::str::from_utf8(header)
-            .map_err(|_| unauthorized("malformed Authorization header"))?;
+        let header = std::str::from_utf8(header).map_err(|_| unauthorized("malformed Authorization header"))?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -147,14 +138,11 @@ impl Authenticator {
             match e.kind() {
                 ErrorKind::ExpiredSignature => unauthorized("the token has expired"),
                 ErrorKind::InvalidAlgorithm => unauthorized("only HS256 tokens are accepted"),
-                ErrorKind::MissingRequiredClaim(c) => {
-                    unauthorized(&format!("the token lacks the {c} claim"))
-                }
+                ErrorKind::MissingRequiredClaim(c) => unauthorized(&format!("the token lacks the {c} claim")),
                 _ => unauthorized("the token is invalid"),
             }
         })?;
-        let subject = Uuid::parse_str(&data.claims.sub)
-            .map_err(|_| unauthorized("the token's sub is not a UUID"))?;
+        let subject = Uuid::parse_str(&data.claims.sub).map_err(|_| unauthorized("the token's sub is not a UUID"))?;
         let role = match data.claims.role.as_str() {
             "customer" => Role::Customer,
             "admin" => Role::Admin,
@@ -195,12 +183,7 @@ mod tests {
     const SECRET: &[u8] = b"test-secret-0123456789";
 
     fn token(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
-        encode(
-            &Header::new(alg),
-            &claims,
-            &EncodingKey::from_secret(secret),
-        )
-        .unwrap()
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
     }
 
     fn exp(offset: i64) -> i64 {
@@ -232,15 +215,36 @@ mod tests {
     fn refuses_bad_tokens() {
         let sub = Uuid::now_v7().to_string();
         let bad = [
-            token(json!({"sub": sub, "role": "admin", "exp": exp(-31)}), Algorithm::HS256, SECRET),
-            token(json!({"sub": sub, "role": "admin", "exp": exp(60)}), Algorithm::HS256, b"another-secret-xxxxxx"),
-            token(json!({"sub": sub, "role": "admin", "exp": exp(60)}), Algorithm::HS384, SECRET),
+            token(
+                json!({"sub": sub, "role": "admin", "exp": exp(-31)}),
+                Algorithm::HS256,
+                SECRET,
+            ),
+            token(
+                json!({"sub": sub, "role": "admin", "exp": exp(60)}),
+                Algorithm::HS256,
+                b"another-secret-xxxxxx",
+            ),
+            token(
+                json!({"sub": sub, "role": "admin", "exp": exp(60)}),
+                Algorithm::HS384,
+                SECRET,
+            ),
             token(json!({"sub": sub, "role": "admin"}), Algorithm::HS256, SECRET),
-            token(json!({"sub": sub, "role": "root", "exp": exp(60)}), Algorithm::HS256, SECRET),
+            token(
+                json!({"sub": sub, "role": "root", "exp": exp(60)}),
+                Algorithm::HS256,
+                SECRET,
+            ),
             token(json!({"sub": sub, "exp": exp(60)}), Algorithm::HS256, SECRET),
-            token(json!({"sub": "alice", "role": "admin", "exp": exp(60)}), Algorithm::HS256, SECRET),
+            token(
+                json!({"sub": "alice", "role": "admin", "exp": exp(60)}),
+                Algorithm::HS256,
+                SECRET,
+            ),
             // alg "none": header {"alg":"none"}, empty signature.
-            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4Iiwicm9sZSI6ImFkbWluIiwiZXhwIjo5OTk5OTk5OTk5fQ.".to_owned(),
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4Iiwicm9sZSI6ImFkbWluIiwiZXhwIjo5OTk5OTk5OTk5fQ."
+                .to_owned(),
             "garbage".to_owned(),
         ];
         for t in bad {
@@ -263,9 +267,6 @@ mod tests {
     fn missing_or_non_bearer_header_is_401() {
         let auth = Authenticator::hs256(SECRET);
         assert_eq!(auth.authenticate(None).unwrap_err().status, 401);
-        assert_eq!(
-            auth.authenticate(Some(b"Basic abc")).unwrap_err().status,
-            401
-        );
+        assert_eq!(auth.authenticate(Some(b"Basic abc")).unwrap_err().status, 401);
     }
 }

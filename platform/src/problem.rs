@@ -67,21 +67,12 @@ impl Problem {
 
     /// 404 `not_found`.
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
     /// 503 `service_unavailable`, for a dependency that is down; clients may retry.
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            detail,
-        )
-        .with_retry_after(1)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", detail).with_retry_after(1)
     }
 
     /// A 500 for an unexpected failure: logs `error` under a new id and answers with the id only.
@@ -120,8 +111,7 @@ impl IntoResponse for Problem {
         )
             .into_response();
         if let Some(secs) = retry {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

@@ -60,12 +60,8 @@ where
 pub fn duration(name: &'static str, default: Duration) -> Result<Duration, SettingError> {
     match raw(name) {
         None => Ok(default),
-        Some(v) => parse_duration(&v).ok_or_else(|| {
-            SettingError::new(
-                name,
-                format!("{v:?} is not a duration like 250ms, 30s, 5m, 12h or 7d"),
-            )
-        }),
+        Some(v) => parse_duration(&v)
+            .ok_or_else(|| SettingError::new(name, format!("{v:?} is not a duration like 250ms, 30s, 5m, 12h or 7d"))),
     }
 }
 
@@ -87,17 +83,10 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 }
 
 /// A socket address setting.
-pub fn socket_addr(
-    name: &'static str,
-    default: &str,
-) -> Result<std::net::SocketAddr, SettingError> {
+pub fn socket_addr(name: &'static str, default: &str) -> Result<std::net::SocketAddr, SettingError> {
     let v = string(name, default);
-    v.parse().map_err(|_| {
-        SettingError::new(
-            name,
-            format!("{v:?} is not a host:port address like 127.0.0.1:8080"),
-        )
-    })
+    v.parse()
+        .map_err(|_| SettingError::new(name, format!("{v:?} is not a host:port address like 127.0.0.1:8080")))
 }
 
 /// A URL setting that must start with one of `schemes` (e.g. `postgres://`).

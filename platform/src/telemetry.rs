@@ -23,9 +23,7 @@ pub fn init() -> Result<(), SettingError> {
             ));
         }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
     if json {
         builder
             .json()

@@ -62,9 +62,7 @@ impl ConsistencyToken {
         if body.len() > (MAX_MARKS * MARK_LEN).div_ceil(3) * 4 {
             return Err(TokenError::TooLarge);
         }
-        let bytes = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| TokenError::Malformed)?;
+        let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Malformed)?;
         if bytes.is_empty() || bytes.len() % MARK_LEN != 0 {
             return Err(TokenError::Malformed);
         }
@@ -81,11 +79,7 @@ impl ConsistencyToken {
                 if version < 1 {
                     return Err(TokenError::Malformed);
                 }
-                Ok(VersionMark {
-                    aggregate,
-                    id,
-                    version,
-                })
+                Ok(VersionMark { aggregate, id, version })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { marks })
@@ -107,10 +101,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let token = ConsistencyToken {
-            marks: vec![
-                mark(AggregateType::Order, 1),
-                mark(AggregateType::Product, 42),
-            ],
+            marks: vec![mark(AggregateType::Order, 1), mark(AggregateType::Product, 42)],
         };
         assert_eq!(ConsistencyToken::decode(&token.encode()), Ok(token));
     }
@@ -118,36 +109,22 @@ mod tests {
     #[test]
     fn refuses_garbage() {
         for bad in ["", "c1.", "c1.!!!", "x1.AAAA", "c1.AAAA", "c2.cA"] {
-            assert_eq!(
-                ConsistencyToken::decode(bad),
-                Err(TokenError::Malformed),
-                "{bad}"
-            );
+            assert_eq!(ConsistencyToken::decode(bad), Err(TokenError::Malformed), "{bad}");
         }
         let zero = ConsistencyToken {
             marks: vec![mark(AggregateType::Order, 0)],
         };
-        assert_eq!(
-            ConsistencyToken::decode(&zero.encode()),
-            Err(TokenError::Malformed)
-        );
+        assert_eq!(ConsistencyToken::decode(&zero.encode()), Err(TokenError::Malformed));
     }
 
     #[test]
     fn refuses_tokens_naming_too_many_aggregates() {
         let big = ConsistencyToken {
-            marks: (0..MAX_MARKS + 1)
-                .map(|_| mark(AggregateType::Product, 1))
-                .collect(),
+            marks: (0..MAX_MARKS + 1).map(|_| mark(AggregateType::Product, 1)).collect(),
         };
-        assert_eq!(
-            ConsistencyToken::decode(&big.encode()),
-            Err(TokenError::TooLarge)
-        );
+        assert_eq!(ConsistencyToken::decode(&big.encode()), Err(TokenError::TooLarge));
         let max = ConsistencyToken {
-            marks: (0..MAX_MARKS)
-                .map(|_| mark(AggregateType::Product, 1))
-                .collect(),
+            marks: (0..MAX_MARKS).map(|_| mark(AggregateType::Product, 1)).collect(),
         };
         assert!(ConsistencyToken::decode(&max.encode()).is_ok());
     }

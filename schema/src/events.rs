@@ -103,12 +103,8 @@ impl EventKind {
     /// The aggregate this kind of event belongs to.
     pub fn aggregate_type(self) -> AggregateType {
         match self {
-            Self::ProductCreated | Self::ProductUpdated | Self::ProductStockChanged => {
-                AggregateType::Product
-            }
-            Self::OrderPlaced | Self::OrderPaid | Self::OrderShipped | Self::OrderCancelled => {
-                AggregateType::Order
-            }
+            Self::ProductCreated | Self::ProductUpdated | Self::ProductStockChanged => AggregateType::Product,
+            Self::OrderPlaced | Self::OrderPaid | Self::OrderShipped | Self::OrderCancelled => AggregateType::Order,
         }
     }
 
@@ -138,13 +134,7 @@ pub struct CloudEvent<D = serde_json::Value> {
 
 impl<D> CloudEvent<D> {
     /// The envelope of a new event of `kind` about aggregate `subject`, now at `sequence`.
-    pub fn new(
-        kind: EventKind,
-        subject: Uuid,
-        sequence: i64,
-        time: DateTime<Utc>,
-        data: D,
-    ) -> Self {
+    pub fn new(kind: EventKind, subject: Uuid, sequence: i64, time: DateTime<Utc>, data: D) -> Self {
         Self {
             specversion: SPEC_VERSION.to_owned(),
             id: Uuid::now_v7(),
@@ -255,27 +245,15 @@ mod tests {
             let key = kind.routing_key();
             assert!(key.starts_with(kind.aggregate_type().as_str()));
             assert_eq!(kind.cloud_event_type(), format!("ordering.{key}.v1"));
-            assert_eq!(
-                EventKind::from_cloud_event_type(kind.cloud_event_type()),
-                Some(kind)
-            );
+            assert_eq!(EventKind::from_cloud_event_type(kind.cloud_event_type()), Some(kind));
         }
-        assert_eq!(
-            EventKind::from_cloud_event_type("ordering.invoice.sent.v1"),
-            None
-        );
+        assert_eq!(EventKind::from_cloud_event_type("ordering.invoice.sent.v1"), None);
     }
 
     #[test]
     fn envelope_has_the_contract_field_names() {
         let id = Uuid::now_v7();
-        let ev = CloudEvent::new(
-            EventKind::OrderPlaced,
-            id,
-            3,
-            now(),
-            serde_json::json!({"k": 1}),
-        );
+        let ev = CloudEvent::new(EventKind::OrderPlaced, id, 3, now(), serde_json::json!({"k": 1}));
         let v = serde_json::to_value(&ev).unwrap();
         for key in [
             "specversion",

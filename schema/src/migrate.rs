@@ -53,7 +53,9 @@ pub async fn run_pending(
 
 /// How many migrations `migrations` holds.
 pub fn count(migrations: &EmbeddedMigrations) -> usize {
-    diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(migrations).map(|m| m.len()).unwrap_or(0)
+    diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(migrations)
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 /// Advisory lock key of the write side's migrations ("ordering" in ASCII, as a number).

@@ -72,10 +72,4 @@ diesel::table! {
 
 diesel::joinable!(order_lines -> orders (order_id));
 diesel::joinable!(order_lines -> products (product_id));
-diesel::allow_tables_to_appear_in_same_query!(
-    products,
-    orders,
-    order_lines,
-    outbox,
-    idempotency_keys
-);
+diesel::allow_tables_to_appear_in_same_query!(products, orders, order_lines, outbox, idempotency_keys);

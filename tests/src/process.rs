@@ -21,11 +21,15 @@ pub fn binary(package: &str) -> PathBuf {
         if release {
             cmd.arg("--release");
         }
-        let status = cmd.status().unwrap_or_else(|e| panic!("run cargo build -p {package}: {e}"));
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("run cargo build -p {package}: {e}"));
         assert!(status.success(), "cargo build -p {package} failed");
         built.push(package.to_owned());
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     target.join(if release { "release" } else { "debug" }).join(package)
 }
 
@@ -64,22 +68,36 @@ impl ServiceProcess {
 
     /// The status of `GET /health/ready`, or `None` while nothing answers.
     pub async fn ready_status(&self) -> Option<u16> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
-        client.get(self.url("/health/ready")).send().await.ok().map(|r| r.status().as_u16())
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .ok()?;
+        client
+            .get(self.url("/health/ready"))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
     }
 
     /// Waits until `/health/ready` answers `status`, failing after `limit`.
     pub async fn wait_ready_status(&self, status: u16, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.ready_status().await != Some(status) {
-            assert!(Instant::now() < deadline, "{} did not answer {status} on /health/ready within {limit:?}", self.addr);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not answer {status} on /health/ready within {limit:?}",
+                self.addr
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
     }
 
     /// Waits for the process to exit, failing after `limit`.

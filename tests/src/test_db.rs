@@ -14,8 +14,7 @@ use sha2::{Digest, Sha256};
 
 /// Where test databases are created: `TEST_DATABASE_URL`, default the local server.
 pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned())
 }
 
 fn url_of(db: &str) -> String {
@@ -110,10 +109,9 @@ impl Drop for TestDatabase {
                 .expect("runtime");
             rt.block_on(async {
                 if let Ok(mut admin) = AsyncPgConnection::establish(&url_of("postgres")).await {
-                    let _ =
-                        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .execute(&mut admin)
-                            .await;
+                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
                 }
             });
         })
@@ -192,10 +190,7 @@ fn migrations_hash() -> String {
 }
 
 fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir)
-        .expect("read migrations dir")
-        .flatten()
-    {
+    for entry in std::fs::read_dir(dir).expect("read migrations dir").flatten() {
         let p = entry.path();
         if p.is_dir() {
             collect(&p, out);

@@ -46,12 +46,16 @@ fn a_bad_setting_stops_the_service_with_status_2_and_one_line_naming_it() {
 async fn several_instances_starting_at_once_migrate_exactly_once() {
     let db = TestDatabase::empty().await;
     let e = env(db.url());
-    let instances: Vec<ServiceProcess> =
-        (0..3).map(|_| ServiceProcess::spawn("write-api", &[], "WRITE_API_ADDR", &e)).collect();
+    let instances: Vec<ServiceProcess> = (0..3)
+        .map(|_| ServiceProcess::spawn("write-api", &[], "WRITE_API_ADDR", &e))
+        .collect();
     for i in &instances {
         i.wait_ready_status(200, Duration::from_secs(60)).await;
     }
-    assert_eq!(db.count("__diesel_schema_migrations").await, ordering_schema::migrate::count(&ordering_schema::migrate::WRITE_SIDE) as i64);
+    assert_eq!(
+        db.count("__diesel_schema_migrations").await,
+        ordering_schema::migrate::count(&ordering_schema::migrate::WRITE_SIDE) as i64
+    );
     // Every instance serves commands on the one schema.
     for (n, i) in instances.iter().enumerate() {
         let res = reqwest::Client::new()
@@ -78,7 +82,9 @@ async fn sigterm_lets_in_flight_commands_finish_and_exits_cleanly() {
             let req = client
                 .post(service.url("/v1/products"))
                 .bearer_auth(&token)
-                .json(&json!({"sku": format!("term-{n}"), "name": "n", "price_cents": 1, "currency": "EUR", "stock": 1}))
+                .json(
+                    &json!({"sku": format!("term-{n}"), "name": "n", "price_cents": 1, "currency": "EUR", "stock": 1}),
+                )
                 .send();
             tokio::spawn(req)
         })
@@ -96,7 +102,14 @@ async fn sigterm_lets_in_flight_commands_finish_and_exits_cleanly() {
     }
     let status = service.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit status {status:?}");
-    assert!(answered > 0, "SIGTERM came before any request was accepted; the test proves nothing");
-    assert_eq!(db.count("products").await, answered, "every answered command is stored, and only those");
+    assert!(
+        answered > 0,
+        "SIGTERM came before any request was accepted; the test proves nothing"
+    );
+    assert_eq!(
+        db.count("products").await,
+        answered,
+        "every answered command is stored, and only those"
+    );
     assert_eq!(db.count("outbox").await, answered);
 }

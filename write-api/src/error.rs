@@ -99,11 +99,9 @@ impl ApiError {
                 Problem::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
             }
             Self::NotFound(what) => Problem::not_found(what),
-            Self::VersionConflict { .. } => Problem::new(
-                StatusCode::PRECONDITION_FAILED,
-                "version_conflict",
-                self.to_string(),
-            ),
+            Self::VersionConflict { .. } => {
+                Problem::new(StatusCode::PRECONDITION_FAILED, "version_conflict", self.to_string())
+            }
             Self::SkuTaken(_) => Problem::new(
                 StatusCode::CONFLICT,
                 "sku_taken",

@@ -30,12 +30,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn apply_migrations(settings: &Settings) -> anyhow::Result<()> {
-    let applied = migrate::run_pending(
-        &settings.database_url,
-        migrate::WRITE_SIDE,
-        migrate::WRITE_SIDE_LOCK,
-    )
-    .await?;
+    let applied = migrate::run_pending(&settings.database_url, migrate::WRITE_SIDE, migrate::WRITE_SIDE_LOCK).await?;
     tracing::info!(applied = ?applied, "migrations up to date");
     Ok(())
 }

@@ -17,9 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::commands::{
-    adjust_stock, cancel_order, create_product, pay_order, place_order, ship_order, update_product,
-};
+use crate::commands::{adjust_stock, cancel_order, create_product, pay_order, place_order, ship_order, update_product};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -81,10 +79,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         })
     });
     let app = commands
-        .route(
-            "/openapi.json",
-            get(move || async move { Json(doc.as_ref().clone()) }),
-        )
+        .route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
         .merge(ops::router(readiness));

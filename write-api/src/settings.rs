@@ -30,8 +30,7 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/ordering"
 impl Settings {
     /// Reads the settings; the error names the first bad one.
     pub fn from_env() -> Result<Self, SettingError> {
-        let idempotency_ttl =
-            settings::duration("IDEMPOTENCY_TTL", Duration::from_secs(24 * 3600))?;
+        let idempotency_ttl = settings::duration("IDEMPOTENCY_TTL", Duration::from_secs(24 * 3600))?;
         if idempotency_ttl < Duration::from_secs(24 * 3600) {
             return Err(SettingError::new(
                 "IDEMPOTENCY_TTL",
@@ -44,17 +43,10 @@ impl Settings {
         }
         let max_concurrent_requests = settings::parsed("MAX_CONCURRENT_REQUESTS", 512usize)?;
         if max_concurrent_requests == 0 {
-            return Err(SettingError::new(
-                "MAX_CONCURRENT_REQUESTS",
-                "must be at least 1",
-            ));
+            return Err(SettingError::new("MAX_CONCURRENT_REQUESTS", "must be at least 1"));
         }
         Ok(Self {
-            database_url: settings::url(
-                "DATABASE_URL",
-                DEFAULT_DATABASE_URL,
-                &["postgres://", "postgresql://"],
-            )?,
+            database_url: settings::url("DATABASE_URL", DEFAULT_DATABASE_URL, &["postgres://", "postgresql://"])?,
             addr: settings::socket_addr("WRITE_API_ADDR", "127.0.0.1:8080")?,
             auth: Authenticator::from_env()?,
             pool_size,

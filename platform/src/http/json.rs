@@ -75,12 +75,7 @@ fn too_large() -> Problem {
 }
 
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     essence == "application/json"
 }
 
@@ -114,10 +109,7 @@ pub fn decode<T: DeserializeOwned>(json: &serde_json::Value) -> Result<T, Proble
             None if path == "." => "body".to_owned(),
             None => path,
         };
-        Problem::validation(vec![FieldProblem {
-            field,
-            message: inner,
-        }])
+        Problem::validation(vec![FieldProblem { field, message: inner }])
     })
 }
 
@@ -164,10 +156,7 @@ mod tests {
             field(json!({"count": 1, "lines": [{"quantity": 1.5}]})),
             "lines[0].quantity"
         );
-        assert_eq!(
-            field(json!({"count": 1, "lines": [{}]})),
-            "lines[0].quantity"
-        );
+        assert_eq!(field(json!({"count": 1, "lines": [{}]})), "lines[0].quantity");
         assert_eq!(field(json!([1, 2])), "body");
     }
 

@@ -45,11 +45,7 @@ pub fn wrap(router: Router, limits: HttpLimits) -> Router {
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(make_span)
-                    .on_failure(()),
-            )
+            .layer(TraceLayer::new_for_http().make_span_with(make_span).on_failure(()))
             .layer(middleware::from_fn(record_metrics))
             .layer(CatchPanicLayer::custom(panic_to_problem))
             .layer(middleware::from_fn(bare_errors_as_problems))
@@ -57,9 +53,7 @@ pub fn wrap(router: Router, limits: HttpLimits) -> Router {
                 StatusCode::SERVICE_UNAVAILABLE,
                 limits.request_timeout,
             ))
-            .layer(GlobalConcurrencyLimitLayer::new(
-                limits.max_concurrent_requests,
-            )),
+            .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests)),
     )
 }
 
@@ -82,11 +76,7 @@ fn make_span(req: &Request) -> tracing::Span {
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
 pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     let parts: Vec<&str> = traceparent.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
     match parts.as_slice() {
         [v, t, p, f] if hex(v, 2) && *v != "ff" && hex(t, 32) && hex(p, 16) && hex(f, 2) => {
             (t.bytes().any(|b| b != b'0') && p.bytes().any(|b| b != b'0')).then_some(*t)
@@ -110,8 +100,7 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         ("status", res.status().as_u16().to_string()),
     ];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
     res
 }
 
@@ -120,21 +109,13 @@ async fn record_metrics(req: Request, next: Next) -> Response {
 async fn bare_errors_as_problems(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || res.headers().contains_key(header::CONTENT_TYPE)
-    {
+    if !(status.is_client_error() || status.is_server_error()) || res.headers().contains_key(header::CONTENT_TYPE) {
         return res;
     }
     let (code, detail) = match status {
         StatusCode::NOT_FOUND => ("not_found", "no such resource"),
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            "this resource does not accept that method",
-        ),
-        StatusCode::SERVICE_UNAVAILABLE => (
-            "timeout",
-            "the request took too long and was abandoned; retry later",
-        ),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this resource does not accept that method"),
+        StatusCode::SERVICE_UNAVAILABLE => ("timeout", "the request took too long and was abandoned; retry later"),
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
         _ => ("http_error", "the request could not be served"),
     };

@@ -50,8 +50,7 @@ impl DependencyState {
 }
 
 /// Checks the service's dependencies, by name.
-pub type ReadinessCheck =
-    Arc<dyn Fn() -> BoxFuture<'static, BTreeMap<&'static str, DependencyState>> + Send + Sync>;
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, BTreeMap<&'static str, DependencyState>> + Send + Sync>;
 
 #[derive(Clone)]
 struct OpsState {
@@ -123,8 +122,7 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)

@@ -29,7 +29,10 @@ struct Figures {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let db = TestDatabase::new().await;
     seed_products(&db).await?;
 
@@ -41,14 +44,26 @@ async fn main() -> anyhow::Result<()> {
     let script = pgbench_script(&db, &base, &ids).await?;
 
     println!("place-order (2 lines, 3 outbox rows), {seconds} s per run, same database, same run");
-    println!("{:>7} | {:>22} | {:>22} | {:>6}", "clients", "write-api HTTP", "pgbench same SQL", "ratio");
-    println!("{:>7} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>6}", "", "tps", "p50ms", "p99ms", "tps", "p50ms", "p99ms", "");
+    println!(
+        "{:>7} | {:>22} | {:>22} | {:>6}",
+        "clients", "write-api HTTP", "pgbench same SQL", "ratio"
+    );
+    println!(
+        "{:>7} | {:>8} {:>6} {:>6} | {:>8} {:>6} {:>6} | {:>6}",
+        "", "tps", "p50ms", "p99ms", "tps", "p50ms", "p99ms", ""
+    );
     for clients in [1usize, 8, 32] {
         let raw = run_pgbench(&db, &script, clients, seconds)?;
         let http = run_http(&base, ids.clone(), clients, Duration::from_secs(seconds)).await?;
         println!(
             "{clients:>7} | {:>8.0} {:>6.2} {:>6.2} | {:>8.0} {:>6.2} {:>6.2} | {:>5.0}%",
-            http.tps, http.p50_ms, http.p99_ms, raw.tps, raw.p50_ms, raw.p99_ms, 100.0 * http.tps / raw.tps
+            http.tps,
+            http.p50_ms,
+            http.p99_ms,
+            raw.tps,
+            raw.p50_ms,
+            raw.p99_ms,
+            100.0 * http.tps / raw.tps
         );
     }
     server.kill().ok();
@@ -67,7 +82,9 @@ async fn seed_products(db: &TestDatabase) -> anyhow::Result<()> {
             Uuid::now_v7()
         ));
     }
-    diesel::sql_query(format!("INSERT INTO products VALUES {}", values.join(","))).execute(&mut conn).await?;
+    diesel::sql_query(format!("INSERT INTO products VALUES {}", values.join(",")))
+        .execute(&mut conn)
+        .await?;
     Ok(())
 }
 
@@ -78,7 +95,10 @@ fn free_port() -> anyhow::Result<u16> {
 fn start_write_api(database_url: &str, port: u16) -> anyhow::Result<Child> {
     let bin = std::env::current_exe()?.with_file_name("write-api");
     if !bin.exists() {
-        bail!("{} not found: build it first (cargo build --release -p write-api)", bin.display());
+        bail!(
+            "{} not found: build it first (cargo build --release -p write-api)",
+            bin.display()
+        );
     }
     Command::new(bin)
         .env("DATABASE_URL", database_url)
@@ -122,11 +142,10 @@ async fn product_ids(base_db: &TestDatabase) -> anyhow::Result<Vec<Uuid>> {
         id: Uuid,
     }
     let mut conn = base_db.conn().await;
-    let rows: Vec<Row> = diesel::sql_query(
-        "SELECT id FROM products WHERE sku LIKE 'bench-%' ORDER BY substring(sku from 7)::int",
-    )
-    .load(&mut conn)
-    .await?;
+    let rows: Vec<Row> =
+        diesel::sql_query("SELECT id FROM products WHERE sku LIKE 'bench-%' ORDER BY substring(sku from 7)::int")
+            .load(&mut conn)
+            .await?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
@@ -150,8 +169,9 @@ async fn pgbench_script(db: &TestDatabase, base: &str, ids: &[Uuid]) -> anyhow::
         p: String,
     }
     let mut conn = db.conn().await;
-    let payloads: Vec<Payload> =
-        diesel::sql_query("SELECT payload::text AS p FROM outbox ORDER BY id").load(&mut conn).await?;
+    let payloads: Vec<Payload> = diesel::sql_query("SELECT payload::text AS p FROM outbox ORDER BY id")
+        .load(&mut conn)
+        .await?;
     // Payloads go in as SQL literals; pgbench leaves a ':name' that is no variable as is.
     let lit = |s: &str| s.replace('\'', "''");
     let (p1, p2, p3) = (lit(&payloads[0].p), lit(&payloads[1].p), lit(&payloads[2].p));
@@ -184,7 +204,14 @@ fn run_pgbench(db: &TestDatabase, script: &std::path::Path, clients: usize, seco
         .args(["-h", "127.0.0.1", "-U", "root", "-n", "-M", "extended", "-l"])
         .arg("-f")
         .arg(script)
-        .args(["-c", &clients.to_string(), "-j", &clients.min(2).to_string(), "-T", &seconds.to_string()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+            "-T",
+            &seconds.to_string(),
+        ])
         .arg(db.name())
         .output()
         .context("run pgbench (is it installed?)")?;
@@ -208,7 +235,11 @@ fn run_pgbench(db: &TestDatabase, script: &std::path::Path, clients: usize, seco
         }
     }
     std::fs::remove_dir_all(&logdir).ok();
-    Ok(Figures { tps, p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0, p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0 })
+    Ok(Figures {
+        tps,
+        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+    })
 }
 
 async fn run_http(base: &str, ids: Arc<Vec<Uuid>>, clients: usize, duration: Duration) -> anyhow::Result<Figures> {

@@ -32,16 +32,9 @@ struct AdjustStock {
 }
 
 impl Command for AdjustStock {
-    async fn run(
-        self,
-        conn: &mut AsyncPgConnection,
-        meta: &CommandMeta,
-    ) -> Result<Reply, ApiError> {
+    async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         let (delta, reason) = (self.delta, self.reason);
-        change_product(conn, meta, self.id, |p| {
-            p.adjust_stock(delta, reason.as_deref(), now())
-        })
-        .await
+        change_product(conn, meta, self.id, |p| p.adjust_stock(delta, reason.as_deref(), now())).await
     }
 }
 

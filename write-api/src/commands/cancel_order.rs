@@ -31,11 +31,7 @@ struct CancelOrder {
 }
 
 impl Command for CancelOrder {
-    async fn run(
-        self,
-        conn: &mut AsyncPgConnection,
-        meta: &CommandMeta,
-    ) -> Result<Reply, ApiError> {
+    async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         // Lock order: the order first, then its products in ascending id order, the same
         // order every command uses, so no two transactions wait on each other in a cycle.
         let mut order = lock_visible_order(conn, meta, self.id).await?;

@@ -40,11 +40,7 @@ pub struct CreateProductRequest {
 struct CreateProduct(NewProduct);
 
 impl Command for CreateProduct {
-    async fn run(
-        self,
-        conn: &mut AsyncPgConnection,
-        meta: &CommandMeta,
-    ) -> Result<Reply, ApiError> {
+    async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         refuse_precondition_on_create(meta.if_match, "product")?;
         let (product, event) = Product::create(Uuid::now_v7(), self.0, now())?;
         products::insert(conn, &product)

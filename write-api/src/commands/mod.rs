@@ -104,9 +104,7 @@ pub async fn change_product(
     id: Uuid,
     change: impl FnOnce(&mut Product) -> Result<Recorded, DomainError> + Send,
 ) -> Result<Reply, ApiError> {
-    let mut product = products::lock(conn, id)
-        .await?
-        .ok_or(ApiError::NotFound("product"))?;
+    let mut product = products::lock(conn, id).await?.ok_or(ApiError::NotFound("product"))?;
     check_precondition(meta.if_match, "product", product.version())?;
     let event = change(&mut product)?;
     products::save(conn, &product).await?;
@@ -116,14 +114,8 @@ pub async fn change_product(
 
 /// Locks order `id` as seen by the caller: a customer sees only its own orders; anyone
 /// else's is "not found", so existence is not revealed.
-pub async fn lock_visible_order(
-    conn: &mut AsyncPgConnection,
-    meta: &CommandMeta,
-    id: Uuid,
-) -> Result<Order, ApiError> {
-    let order = orders::lock(conn, id)
-        .await?
-        .ok_or(ApiError::NotFound("order"))?;
+pub async fn lock_visible_order(conn: &mut AsyncPgConnection, meta: &CommandMeta, id: Uuid) -> Result<Order, ApiError> {
+    let order = orders::lock(conn, id).await?.ok_or(ApiError::NotFound("order"))?;
     if !meta.caller.is_admin() && order.customer_id() != meta.caller.subject {
         return Err(ApiError::NotFound("order"));
     }
@@ -133,11 +125,7 @@ pub async fn lock_visible_order(
 
 /// The reply of a command on an order; `events` are all it recorded, so the consistency
 /// token covers every aggregate it changed (the order and any product whose stock moved).
-pub fn order_reply(
-    status: StatusCode,
-    order: &Order,
-    events: &[Recorded],
-) -> Result<Reply, ApiError> {
+pub fn order_reply(status: StatusCode, order: &Order, events: &[Recorded]) -> Result<Reply, ApiError> {
     let o = order.state();
     let location = (status == StatusCode::CREATED).then(|| format!("/v1/orders/{}", o.id));
     let marks = events
@@ -168,11 +156,7 @@ pub async fn change_order_status(
 }
 
 /// 412 unless the aggregate's `version` meets the request's `If-Match`.
-pub fn check_precondition(
-    if_match: Option<IfMatch>,
-    aggregate: &'static str,
-    version: i64,
-) -> Result<(), ApiError> {
+pub fn check_precondition(if_match: Option<IfMatch>, aggregate: &'static str, version: i64) -> Result<(), ApiError> {
     match if_match {
         Some(p) if !p.matches(version) => Err(ApiError::VersionConflict {
             aggregate,
@@ -184,10 +168,7 @@ pub fn check_precondition(
 }
 
 /// `If-Match` on a command that creates an aggregate can never hold: nothing exists yet.
-pub fn refuse_precondition_on_create(
-    if_match: Option<IfMatch>,
-    aggregate: &'static str,
-) -> Result<(), ApiError> {
+pub fn refuse_precondition_on_create(if_match: Option<IfMatch>, aggregate: &'static str) -> Result<(), ApiError> {
     match if_match {
         Some(p) => Err(ApiError::VersionConflict {
             aggregate,

@@ -29,11 +29,7 @@ struct PayOrder {
 }
 
 impl Command for PayOrder {
-    async fn run(
-        self,
-        conn: &mut AsyncPgConnection,
-        meta: &CommandMeta,
-    ) -> Result<Reply, ApiError> {
+    async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         let reference = self.payment_reference;
         change_order_status(conn, meta, self.id, |o| o.pay(&reference, now())).await
     }
@@ -60,14 +56,5 @@ pub async fn handler(
 ) -> Result<Reply, ApiError> {
     let id = parse_id(&id, "order")?;
     let payment_reference = body.value.payment_reference;
-    execute(
-        &app,
-        &meta,
-        &body.json,
-        PayOrder {
-            id,
-            payment_reference,
-        },
-    )
-    .await
+    execute(&app, &meta, &body.json, PayOrder { id, payment_reference }).await
 }

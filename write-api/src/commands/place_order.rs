@@ -41,11 +41,7 @@ pub struct OrderLineInput {
 struct PlaceOrderCommand(PlaceOrder);
 
 impl Command for PlaceOrderCommand {
-    async fn run(
-        self,
-        conn: &mut AsyncPgConnection,
-        meta: &CommandMeta,
-    ) -> Result<Reply, ApiError> {
+    async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         refuse_precondition_on_create(meta.if_match, "order")?;
         let request = self.0;
         // Locked in ascending id order: concurrent orders over the same products queue up
@@ -88,18 +84,14 @@ pub async fn handler(
     let r = body.value;
     let customer_id = match (meta.caller.role, r.customer_id) {
         (Role::Customer, Some(id)) if id != meta.caller.subject => {
-            return Err(ApiError::Forbidden(
-                "a customer may place orders only for itself",
-            ));
+            return Err(ApiError::Forbidden("a customer may place orders only for itself"));
         }
         (Role::Customer, _) => meta.caller.subject,
         (Role::Admin, Some(id)) => id,
         (Role::Admin, None) => {
-            return Err(crate::domain::DomainError::field(
-                "customer_id",
-                "is required when an admin places an order",
-            )
-            .into());
+            return Err(
+                crate::domain::DomainError::field("customer_id", "is required when an admin places an order").into(),
+            );
         }
     };
     let lines = r

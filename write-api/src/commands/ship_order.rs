@@ -23,11 +23,7 @@ pub struct ShipOrderRequest {}
 struct ShipOrder(Uuid);
 
 impl Command for ShipOrder {
-    async fn run(
-        self,
-        conn: &mut AsyncPgConnection,
-        meta: &CommandMeta,
-    ) -> Result<Reply, ApiError> {
+    async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         change_order_status(conn, meta, self.0, |o| o.ship(now())).await
     }
 }

@@ -31,11 +31,7 @@ struct UpdateProduct {
 }
 
 impl Command for UpdateProduct {
-    async fn run(
-        self,
-        conn: &mut AsyncPgConnection,
-        meta: &CommandMeta,
-    ) -> Result<Reply, ApiError> {
+    async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         let changes = self.changes;
         change_product(conn, meta, self.id, |p| p.update(changes, now())).await
     }

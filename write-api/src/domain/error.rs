@@ -34,9 +34,7 @@ pub enum DomainError {
     #[error("the request has invalid fields")]
     Validation(Vec<FieldError>),
     /// A product has less stock than a command needs (409 `insufficient_stock`).
-    #[error(
-        "insufficient stock for product {product_id}: {available} available, {requested} requested"
-    )]
+    #[error("insufficient stock for product {product_id}: {available} available, {requested} requested")]
     InsufficientStock {
         product_id: Uuid,
         available: i64,
@@ -45,10 +43,7 @@ pub enum DomainError {
     /// An order's status does not allow the command (409 `invalid_transition`).
     /// `action` is the status the command tried to reach: `paid`, `shipped` or `cancelled`.
     #[error("an order that is {} cannot be {action}", .from.as_str())]
-    InvalidTransition {
-        from: OrderStatus,
-        action: &'static str,
-    },
+    InvalidTransition { from: OrderStatus, action: &'static str },
 }
 
 impl DomainError {
@@ -163,10 +158,7 @@ mod tests {
             from: OrderStatus::Shipped,
             action: "cancelled",
         };
-        assert_eq!(
-            e.to_string(),
-            "an order that is shipped cannot be cancelled"
-        );
+        assert_eq!(e.to_string(), "an order that is shipped cannot be cancelled");
         assert_eq!(
             DomainError::field("x", "y").to_string(),
             "the request has invalid fields"
@@ -175,8 +167,7 @@ mod tests {
 
     #[test]
     fn field_error_serializes_as_the_contract_names_it() {
-        let v = serde_json::to_value(FieldError::new("lines[0].quantity", "must be 1 to 10000"))
-            .unwrap();
+        let v = serde_json::to_value(FieldError::new("lines[0].quantity", "must be 1 to 10000")).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"field": "lines[0].quantity", "message": "must be 1 to 10000"})

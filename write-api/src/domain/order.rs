@@ -36,10 +36,7 @@ impl PlaceOrder {
     /// lines 1..=100 (field `lines`), quantity 1..=10_000 (field `lines[i].quantity`), no
     /// product twice (field `lines[i].product_id`, on every repeat after the first). All
     /// refusals are collected.
-    pub fn validate(
-        customer_id: Uuid,
-        lines: Vec<OrderLineRequest>,
-    ) -> Result<PlaceOrder, DomainError> {
+    pub fn validate(customer_id: Uuid, lines: Vec<OrderLineRequest>) -> Result<PlaceOrder, DomainError> {
         let mut checks = Checks::new();
         checks.check("lines", values::line_count(lines.len()));
         let mut first_line_of: HashMap<Uuid, usize> = HashMap::with_capacity(lines.len());
@@ -53,10 +50,7 @@ impl PlaceOrder {
                     slot.insert(i);
                 }
             }
-            checks.check(
-                format!("lines[{i}].quantity"),
-                values::quantity(line.quantity),
-            );
+            checks.check(format!("lines[{i}].quantity"), values::quantity(line.quantity));
         }
         checks.finish()?;
         Ok(PlaceOrder { customer_id, lines })
@@ -94,11 +88,7 @@ pub struct Order {
 
 impl Order {
     /// Rehydrates a stored order (trusted, no checks).
-    pub fn from_state(
-        state: OrderData,
-        payment_reference: Option<String>,
-        cancel_reason: Option<String>,
-    ) -> Self {
+    pub fn from_state(state: OrderData, payment_reference: Option<String>, cancel_reason: Option<String>) -> Self {
         Self {
             state,
             payment_reference,
@@ -171,10 +161,7 @@ impl Order {
         }
 
         let mut found = slots.iter().flatten().map(|&k| &products[k]);
-        let currency = found
-            .next()
-            .map(|p| p.state().currency.clone())
-            .unwrap_or_default();
+        let currency = found.next().map(|p| p.state().currency.clone()).unwrap_or_default();
         if found.any(|p| p.state().currency != currency) {
             checks.push("lines", "all products must have the same currency");
         }
@@ -185,10 +172,7 @@ impl Order {
             let Some(&k) = slot.as_ref() else { continue };
             let product = products[k].state();
             let Some(line_total) = product.price_cents.checked_mul(line.quantity) else {
-                checks.push(
-                    format!("lines[{i}].quantity"),
-                    "makes the line total too large",
-                );
+                checks.push(format!("lines[{i}].quantity"), "makes the line total too large");
                 continue;
             };
             total = total.and_then(|t| t.checked_add(line_total));
@@ -243,16 +227,9 @@ impl Order {
 
     /// placed -> paid. `payment_reference` 1..=200 chars, no NUL (field
     /// `payment_reference`), checked before the status. Event `order.paid`.
-    pub fn pay(
-        &mut self,
-        payment_reference: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Recorded, DomainError> {
+    pub fn pay(&mut self, payment_reference: &str, now: DateTime<Utc>) -> Result<Recorded, DomainError> {
         let mut checks = Checks::new();
-        checks.check(
-            "payment_reference",
-            values::payment_reference(payment_reference),
-        );
+        checks.check("payment_reference", values::payment_reference(payment_reference));
         checks.finish()?;
         self.expect_status(&[OrderStatus::Placed], "paid")?;
 
@@ -314,11 +291,7 @@ impl Order {
         Ok(events)
     }
 
-    fn expect_status(
-        &self,
-        allowed: &[OrderStatus],
-        action: &'static str,
-    ) -> Result<(), DomainError> {
+    fn expect_status(&self, allowed: &[OrderStatus], action: &'static str) -> Result<(), DomainError> {
         if allowed.contains(&self.state.status) {
             Ok(())
         } else {
@@ -348,10 +321,7 @@ mod tests {
     use chrono::TimeDelta;
 
     fn line(product_id: Uuid, quantity: i64) -> OrderLineRequest {
-        OrderLineRequest {
-            product_id,
-            quantity,
-        }
+        OrderLineRequest { product_id, quantity }
     }
 
     fn fields(err: DomainError) -> Vec<String> {
@@ -370,12 +340,8 @@ mod tests {
     fn placed() -> (Order, Vec<Product>) {
         let mut pid = ids(2);
         pid.sort_unstable();
-        let mut products = vec![
-            stored(pid[0], "EUR", 250, 10),
-            stored(pid[1], "EUR", 1_000, 5),
-        ];
-        let request =
-            PlaceOrder::validate(Uuid::now_v7(), vec![line(pid[1], 3), line(pid[0], 2)]).unwrap();
+        let mut products = vec![stored(pid[0], "EUR", 250, 10), stored(pid[1], "EUR", 1_000, 5)];
+        let request = PlaceOrder::validate(Uuid::now_v7(), vec![line(pid[1], 3), line(pid[0], 2)]).unwrap();
         let (order, _) = Order::place(Uuid::now_v7(), request, &mut products, t0()).unwrap();
         (order, products)
     }
@@ -399,18 +365,12 @@ mod tests {
     #[test]
     fn validate_line_count_bounds() {
         let c = Uuid::now_v7();
-        assert_eq!(
-            fields(PlaceOrder::validate(c, vec![]).unwrap_err()),
-            ["lines"]
-        );
+        assert_eq!(fields(PlaceOrder::validate(c, vec![]).unwrap_err()), ["lines"]);
         assert!(PlaceOrder::validate(c, vec![line(Uuid::new_v4(), 1)]).is_ok());
         let hundred = ids(100).into_iter().map(|id| line(id, 1)).collect();
         assert!(PlaceOrder::validate(c, hundred).is_ok());
         let too_many = ids(101).into_iter().map(|id| line(id, 1)).collect();
-        assert_eq!(
-            fields(PlaceOrder::validate(c, too_many).unwrap_err()),
-            ["lines"]
-        );
+        assert_eq!(fields(PlaceOrder::validate(c, too_many).unwrap_err()), ["lines"]);
     }
 
     #[test]
@@ -430,17 +390,10 @@ mod tests {
         let p = ids(2);
         let err = PlaceOrder::validate(
             Uuid::now_v7(),
-            vec![
-                line(p[0], 1),
-                line(p[1], 0),
-                line(p[0], 2),
-                line(p[0], 20_000),
-            ],
+            vec![line(p[0], 1), line(p[1], 0), line(p[0], 2), line(p[0], 20_000)],
         )
         .unwrap_err();
-        let DomainError::Validation(errors) = err else {
-            panic!()
-        };
+        let DomainError::Validation(errors) = err else { panic!() };
         let got: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             got,
@@ -457,11 +410,7 @@ mod tests {
     #[test]
     fn product_ids_are_distinct_and_sorted() {
         let mut p = ids(3);
-        let request = PlaceOrder::validate(
-            Uuid::nil(),
-            vec![line(p[2], 1), line(p[0], 1), line(p[1], 1)],
-        )
-        .unwrap();
+        let request = PlaceOrder::validate(Uuid::nil(), vec![line(p[2], 1), line(p[0], 1), line(p[1], 1)]).unwrap();
         p.sort_unstable();
         assert_eq!(request.product_ids(), p);
         assert_eq!(request.customer_id(), Uuid::nil());
@@ -475,12 +424,8 @@ mod tests {
         let mut pid = ids(2);
         pid.sort_unstable();
         let customer = Uuid::now_v7();
-        let mut products = vec![
-            stored(pid[1], "EUR", 1_000, 5),
-            stored(pid[0], "EUR", 250, 10),
-        ];
-        let request =
-            PlaceOrder::validate(customer, vec![line(pid[1], 3), line(pid[0], 2)]).unwrap();
+        let mut products = vec![stored(pid[1], "EUR", 1_000, 5), stored(pid[0], "EUR", 250, 10)];
+        let request = PlaceOrder::validate(customer, vec![line(pid[1], 3), line(pid[0], 2)]).unwrap();
         let order_id = Uuid::now_v7();
         let (order, events) = Order::place(order_id, request, &mut products, t0()).unwrap();
 
@@ -523,10 +468,7 @@ mod tests {
                 EventKind::ProductStockChanged
             ]
         );
-        assert_eq!(
-            events[0],
-            Recorded::Order(EventKind::OrderPlaced, s.clone())
-        );
+        assert_eq!(events[0], Recorded::Order(EventKind::OrderPlaced, s.clone()));
         assert_eq!(events[0].sequence(), 1);
         assert_eq!(events[1].aggregate_id(), pid[0]);
         assert_eq!(events[2].aggregate_id(), pid[1]);
@@ -559,11 +501,8 @@ mod tests {
             stored(pid[2], "EUR", 100, 1),
         ];
         let before = products.clone();
-        let request = PlaceOrder::validate(
-            Uuid::nil(),
-            vec![line(pid[0], 5), line(pid[1], 10), line(pid[2], 2)],
-        )
-        .unwrap();
+        let request =
+            PlaceOrder::validate(Uuid::nil(), vec![line(pid[0], 5), line(pid[1], 10), line(pid[2], 2)]).unwrap();
         let err = Order::place(Uuid::now_v7(), request, &mut products, t0()).unwrap_err();
         assert_eq!(
             err,
@@ -580,12 +519,9 @@ mod tests {
     fn place_reports_the_first_short_line_in_request_order() {
         let pid = ids(2);
         let mut products = vec![stored(pid[0], "EUR", 1, 0), stored(pid[1], "EUR", 1, 0)];
-        let request =
-            PlaceOrder::validate(Uuid::nil(), vec![line(pid[1], 1), line(pid[0], 1)]).unwrap();
+        let request = PlaceOrder::validate(Uuid::nil(), vec![line(pid[1], 1), line(pid[0], 1)]).unwrap();
         let err = Order::place(Uuid::now_v7(), request, &mut products, t0()).unwrap_err();
-        assert!(
-            matches!(err, DomainError::InsufficientStock { product_id, .. } if product_id == pid[1])
-        );
+        assert!(matches!(err, DomainError::InsufficientStock { product_id, .. } if product_id == pid[1]));
     }
 
     #[test]
@@ -597,8 +533,7 @@ mod tests {
             stored(pid[2], "USD", 1, 5),
         ];
         let before = products.clone();
-        let request =
-            PlaceOrder::validate(Uuid::nil(), pid.iter().map(|&id| line(id, 1)).collect()).unwrap();
+        let request = PlaceOrder::validate(Uuid::nil(), pid.iter().map(|&id| line(id, 1)).collect()).unwrap();
         let err = Order::place(Uuid::now_v7(), request, &mut products, t0()).unwrap_err();
         assert_eq!(fields(err), ["lines"]);
         assert_eq!(products, before);
@@ -608,11 +543,8 @@ mod tests {
     fn place_refuses_missing_products_on_their_lines_without_panicking() {
         let pid = ids(3);
         let mut products = vec![stored(pid[1], "EUR", 1, 5)];
-        let request = PlaceOrder::validate(
-            Uuid::nil(),
-            vec![line(pid[0], 1), line(pid[1], 1), line(pid[2], 1)],
-        )
-        .unwrap();
+        let request =
+            PlaceOrder::validate(Uuid::nil(), vec![line(pid[0], 1), line(pid[1], 1), line(pid[2], 1)]).unwrap();
         let before = products.clone();
         let err = Order::place(Uuid::now_v7(), request.clone(), &mut products, t0()).unwrap_err();
         assert_eq!(fields(err), ["lines[0].product_id", "lines[2].product_id"]);
@@ -645,8 +577,7 @@ mod tests {
         let pid = ids(2);
         let mut products = vec![priced(pid[0], i64::MAX / 2 + 1, 10), priced(pid[1], 1, 10)];
         let before = products.clone();
-        let request =
-            PlaceOrder::validate(Uuid::nil(), vec![line(pid[1], 1), line(pid[0], 2)]).unwrap();
+        let request = PlaceOrder::validate(Uuid::nil(), vec![line(pid[1], 1), line(pid[0], 2)]).unwrap();
         let err = Order::place(Uuid::now_v7(), request, &mut products, t0()).unwrap_err();
         assert_eq!(fields(err), ["lines[1].quantity"]);
         assert_eq!(products, before);
@@ -657,8 +588,7 @@ mod tests {
         let pid = ids(2);
         let mut products = vec![priced(pid[0], i64::MAX, 10), priced(pid[1], 1, 10)];
         let before = products.clone();
-        let request =
-            PlaceOrder::validate(Uuid::nil(), vec![line(pid[0], 1), line(pid[1], 1)]).unwrap();
+        let request = PlaceOrder::validate(Uuid::nil(), vec![line(pid[0], 1), line(pid[1], 1)]).unwrap();
         let err = Order::place(Uuid::now_v7(), request, &mut products, t0()).unwrap_err();
         assert_eq!(fields(err), ["lines"]);
         assert_eq!(products, before);
@@ -673,9 +603,7 @@ mod tests {
             .collect();
         let request = PlaceOrder::validate(
             Uuid::nil(),
-            pid.iter()
-                .map(|&id| line(id, values::QUANTITY_MAX))
-                .collect(),
+            pid.iter().map(|&id| line(id, values::QUANTITY_MAX)).collect(),
         )
         .unwrap();
         let (order, events) = Order::place(Uuid::now_v7(), request, &mut products, t0()).unwrap();
@@ -706,10 +634,7 @@ mod tests {
             } else {
                 assert_eq!(
                     result.unwrap_err(),
-                    DomainError::InvalidTransition {
-                        from,
-                        action: "paid"
-                    }
+                    DomainError::InvalidTransition { from, action: "paid" }
                 );
                 assert_eq!(order, before);
             }
@@ -762,10 +687,7 @@ mod tests {
         assert_eq!(order.payment_reference(), Some("psp-123"));
         assert_eq!(order.state().updated_at, paid_at);
         assert_eq!(order.state().created_at, t0());
-        assert_eq!(
-            event,
-            Recorded::Order(EventKind::OrderPaid, order.state().clone())
-        );
+        assert_eq!(event, Recorded::Order(EventKind::OrderPaid, order.state().clone()));
         assert_eq!((event.sequence(), event.aggregate_id()), (2, order.id()));
 
         let shipped_at = t0() + TimeDelta::seconds(2);
@@ -774,10 +696,7 @@ mod tests {
         assert_eq!(order.state().status, OrderStatus::Shipped);
         assert_eq!(order.state().updated_at, shipped_at);
         assert_eq!(order.payment_reference(), Some("psp-123"));
-        assert_eq!(
-            event,
-            Recorded::Order(EventKind::OrderShipped, order.state().clone())
-        );
+        assert_eq!(event, Recorded::Order(EventKind::OrderShipped, order.state().clone()));
         assert_eq!(event.sequence(), 3);
     }
 
@@ -790,10 +709,7 @@ mod tests {
         for bad in ["".to_owned(), "€".repeat(201), "a\0b".to_owned()] {
             let (mut order, _) = placed();
             let before = order.clone();
-            assert_eq!(
-                fields(order.pay(&bad, t0()).unwrap_err()),
-                ["payment_reference"]
-            );
+            assert_eq!(fields(order.pay(&bad, t0()).unwrap_err()), ["payment_reference"]);
             assert_eq!(order, before);
         }
     }
@@ -801,10 +717,7 @@ mod tests {
     #[test]
     fn pay_checks_the_reference_before_the_status() {
         let (mut order, _) = in_status(OrderStatus::Shipped);
-        assert_eq!(
-            fields(order.pay("", t0()).unwrap_err()),
-            ["payment_reference"]
-        );
+        assert_eq!(fields(order.pay("", t0()).unwrap_err()), ["payment_reference"]);
     }
 
     #[test]
@@ -815,9 +728,7 @@ mod tests {
         // events do not depend on it.
         products.reverse();
         let at = t0() + TimeDelta::hours(1);
-        let events = order
-            .cancel(Some("changed my mind"), &mut products, at)
-            .unwrap();
+        let events = order.cancel(Some("changed my mind"), &mut products, at).unwrap();
 
         assert_eq!(order.version(), 3);
         assert_eq!(order.state().status, OrderStatus::Cancelled);
@@ -827,10 +738,7 @@ mod tests {
 
         // The lower id was stocked 10 and the higher 5 (see `placed`): both are whole again.
         products.sort_by_key(Product::id);
-        assert_eq!(
-            products.iter().map(|p| p.state().stock).collect::<Vec<_>>(),
-            [10, 5]
-        );
+        assert_eq!(products.iter().map(|p| p.state().stock).collect::<Vec<_>>(), [10, 5]);
         assert!(products.iter().all(|p| p.version() == 3));
 
         assert_eq!(events.len(), 3);
@@ -840,10 +748,7 @@ mod tests {
         );
         assert!(events[1].aggregate_id() < events[2].aggregate_id());
         for event in &events[1..] {
-            let product = products
-                .iter()
-                .find(|p| p.id() == event.aggregate_id())
-                .unwrap();
+            let product = products.iter().find(|p| p.id() == event.aggregate_id()).unwrap();
             assert_eq!(
                 event,
                 &Recorded::Product(EventKind::ProductStockChanged, product.state().clone())
@@ -888,15 +793,9 @@ mod tests {
     #[test]
     fn stock_is_whole_again_after_place_and_cancel() {
         let (mut order, mut products) = placed();
-        assert_eq!(
-            products.iter().map(|p| p.state().stock).collect::<Vec<_>>(),
-            [8, 2]
-        );
+        assert_eq!(products.iter().map(|p| p.state().stock).collect::<Vec<_>>(), [8, 2]);
         order.cancel(None, &mut products, t0()).unwrap();
-        assert_eq!(
-            products.iter().map(|p| p.state().stock).collect::<Vec<_>>(),
-            [10, 5]
-        );
+        assert_eq!(products.iter().map(|p| p.state().stock).collect::<Vec<_>>(), [10, 5]);
         // A second cancel is refused and releases nothing twice.
         let err = order.cancel(None, &mut products, t0()).unwrap_err();
         assert!(matches!(
@@ -906,10 +805,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(
-            products.iter().map(|p| p.state().stock).collect::<Vec<_>>(),
-            [10, 5]
-        );
+        assert_eq!(products.iter().map(|p| p.state().stock).collect::<Vec<_>>(), [10, 5]);
     }
 
     #[test]

@@ -60,11 +60,7 @@ impl Product {
 
     /// Validates every field (collecting ALL field errors, not only the first) and creates
     /// version 1; event `product.created`.
-    pub fn create(
-        id: Uuid,
-        input: NewProduct,
-        now: DateTime<Utc>,
-    ) -> Result<(Product, Recorded), DomainError> {
+    pub fn create(id: Uuid, input: NewProduct, now: DateTime<Utc>) -> Result<(Product, Recorded), DomainError> {
         let mut checks = Checks::new();
         checks.check("sku", values::sku(&input.sku));
         checks.check("name", values::name(&input.name));
@@ -99,13 +95,8 @@ impl Product {
     ///
     /// A field set to its current value still counts as a change: the client asked for a
     /// write, and answering with a new version keeps `If-Match` retries simple.
-    pub fn update(
-        &mut self,
-        changes: ProductChanges,
-        now: DateTime<Utc>,
-    ) -> Result<Recorded, DomainError> {
-        if changes.name.is_none() && changes.description.is_none() && changes.price_cents.is_none()
-        {
+    pub fn update(&mut self, changes: ProductChanges, now: DateTime<Utc>) -> Result<Recorded, DomainError> {
+        if changes.name.is_none() && changes.description.is_none() && changes.price_cents.is_none() {
             return Err(DomainError::field(
                 "body",
                 "must change at least one of name, description, price_cents",
@@ -170,10 +161,7 @@ impl Product {
             });
         }
         if new_stock > values::STOCK_MAX {
-            return Err(DomainError::field(
-                "delta",
-                "would take stock above 1000000000",
-            ));
+            return Err(DomainError::field("delta", "would take stock above 1000000000"));
         }
         self.state.stock = new_stock;
         Ok(self.bump(EventKind::ProductStockChanged, now))
@@ -260,9 +248,7 @@ pub(crate) mod tests {
     }
 
     fn product() -> Product {
-        Product::create(Uuid::now_v7(), new_product(), t0())
-            .unwrap()
-            .0
+        Product::create(Uuid::now_v7(), new_product(), t0()).unwrap().0
     }
 
     fn fields(err: DomainError) -> Vec<String> {
@@ -290,10 +276,7 @@ pub(crate) mod tests {
             (s.sku.as_str(), s.name.as_str(), s.description.as_str()),
             ("WIDGET-1", "Widget", "A widget")
         );
-        assert_eq!(
-            (s.price_cents, s.currency.as_str(), s.stock),
-            (1_250, "EUR", 10)
-        );
+        assert_eq!((s.price_cents, s.currency.as_str(), s.stock), (1_250, "EUR", 10));
         assert_eq!((s.created_at, s.updated_at), (t0(), t0()));
         assert_event(&event, EventKind::ProductCreated, &p);
     }
@@ -346,14 +329,7 @@ pub(crate) mod tests {
         let err = Product::create(Uuid::now_v7(), input, t0()).unwrap_err();
         assert_eq!(
             fields(err),
-            [
-                "sku",
-                "name",
-                "description",
-                "price_cents",
-                "currency",
-                "stock"
-            ]
+            ["sku", "name", "description", "price_cents", "currency", "stock"]
         );
     }
 
@@ -556,13 +532,7 @@ pub(crate) mod tests {
     fn adjust_stock_delta_bounds() {
         let mut p = product();
         let before = p.clone();
-        for bad in [
-            0,
-            values::DELTA_MAX + 1,
-            -values::DELTA_MAX - 1,
-            i64::MIN,
-            i64::MAX,
-        ] {
+        for bad in [0, values::DELTA_MAX + 1, -values::DELTA_MAX - 1, i64::MIN, i64::MAX] {
             let err = p.adjust_stock(bad, None, t0()).unwrap_err();
             assert_eq!(fields(err), ["delta"], "delta {bad}");
             assert_eq!(p, before);
@@ -596,10 +566,7 @@ pub(crate) mod tests {
         state.stock = i64::MAX;
         let mut p = Product::from_state(state);
         let before = p.clone();
-        assert_eq!(
-            fields(p.adjust_stock(1, None, t0()).unwrap_err()),
-            ["delta"]
-        );
+        assert_eq!(fields(p.adjust_stock(1, None, t0()).unwrap_err()), ["delta"]);
         assert_eq!(p, before);
     }
 

@@ -37,11 +37,7 @@ const NUL_MESSAGE: &str = "must not contain a NUL character";
 /// No string may carry a NUL: PostgreSQL `text` cannot store one, so it would otherwise fail
 /// as a 500 deep inside the write instead of a 422 here.
 pub fn no_nul(value: &str) -> Rule {
-    if value.contains('\0') {
-        Err(NUL_MESSAGE)
-    } else {
-        Ok(())
-    }
+    if value.contains('\0') { Err(NUL_MESSAGE) } else { Ok(()) }
 }
 
 fn chars_within(value: &str, min: usize, max: usize) -> bool {
@@ -243,10 +239,7 @@ mod tests {
         assert_names(payment_reference(""), PAYMENT_REFERENCE_MAX_CHARS);
         assert_eq!(payment_reference("p"), Ok(()));
         assert_eq!(payment_reference(&chars('😀', 200)), Ok(()));
-        assert_names(
-            payment_reference(&chars('😀', 201)),
-            PAYMENT_REFERENCE_MAX_CHARS,
-        );
+        assert_names(payment_reference(&chars('😀', 201)), PAYMENT_REFERENCE_MAX_CHARS);
         assert_eq!(payment_reference("pay\0"), Err(NUL_MESSAGE));
     }
 

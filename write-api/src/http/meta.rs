@@ -102,19 +102,15 @@ where
         let headers = &parts.headers;
         let if_match = single(headers, header::IF_MATCH.as_str())?
             .map(|v| {
-                IfMatch::parse(v).ok_or_else(|| {
-                    invalid_header("If-Match", "expected \"<version>\", W/\"<version>\" or *")
-                })
+                IfMatch::parse(v)
+                    .ok_or_else(|| invalid_header("If-Match", "expected \"<version>\", W/\"<version>\" or *"))
             })
             .transpose()?;
         let idempotency_key = single(headers, "idempotency-key")?
             .map(|v| {
-                parse_idempotency_key(v).map(str::to_owned).ok_or_else(|| {
-                    invalid_header(
-                        "Idempotency-Key",
-                        "expected 1 to 255 visible ASCII characters",
-                    )
-                })
+                parse_idempotency_key(v)
+                    .map(str::to_owned)
+                    .ok_or_else(|| invalid_header("Idempotency-Key", "expected 1 to 255 visible ASCII characters"))
             })
             .transpose()?;
         let traceparent = headers

@@ -32,15 +32,9 @@ impl Reply {
         let body = serde_json::to_value(body)
             .map_err(|e| ApiError::Problem(ordering_platform::problem::Problem::internal(&e)))?;
         let mut headers = vec![
-            (
-                header::CONTENT_TYPE.to_string(),
-                "application/json".to_owned(),
-            ),
+            (header::CONTENT_TYPE.to_string(), "application/json".to_owned()),
             (header::ETAG.to_string(), format!("\"{version}\"")),
-            (
-                CONSISTENCY_TOKEN.to_string(),
-                ConsistencyToken { marks }.encode(),
-            ),
+            (CONSISTENCY_TOKEN.to_string(), ConsistencyToken { marks }.encode()),
         ];
         if let Some(location) = location {
             headers.push((header::LOCATION.to_string(), location));

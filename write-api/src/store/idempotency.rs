@@ -55,22 +55,21 @@ pub async fn claim(conn: &mut AsyncPgConnection, scope: &KeyScope<'_>) -> QueryR
     if inserted == 1 {
         return Ok(Claim::Fresh);
     }
-    let (hash, status, headers, body): (Vec<u8>, i16, serde_json::Value, serde_json::Value) =
-        keys::table
-            .find((&scope.caller, scope.target, scope.key))
-            .select((
-                keys::request_hash,
-                keys::response_status,
-                keys::response_headers,
-                keys::response_body,
-            ))
-            .first(conn)
-            .await?;
+    let (hash, status, headers, body): (Vec<u8>, i16, serde_json::Value, serde_json::Value) = keys::table
+        .find((&scope.caller, scope.target, scope.key))
+        .select((
+            keys::request_hash,
+            keys::response_status,
+            keys::response_headers,
+            keys::response_body,
+        ))
+        .first(conn)
+        .await?;
     if hash != scope.request_hash {
         return Ok(Claim::Mismatch);
     }
-    let headers = serde_json::from_value(headers)
-        .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
+    let headers =
+        serde_json::from_value(headers).map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
     Ok(Claim::Replay(Reply {
         status: status as u16,
         headers,
@@ -79,13 +78,9 @@ pub async fn claim(conn: &mut AsyncPgConnection, scope: &KeyScope<'_>) -> QueryR
 }
 
 /// Stores the answer of a claimed key, in the same transaction as the command.
-pub async fn record(
-    conn: &mut AsyncPgConnection,
-    scope: &KeyScope<'_>,
-    reply: &Reply,
-) -> QueryResult<()> {
-    let headers = serde_json::to_value(&reply.headers)
-        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+pub async fn record(conn: &mut AsyncPgConnection, scope: &KeyScope<'_>, reply: &Reply) -> QueryResult<()> {
+    let headers =
+        serde_json::to_value(&reply.headers).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
     diesel::update(keys::table.find((&scope.caller, scope.target, scope.key)))
         .set((
             keys::response_status.eq(reply.status as i16),
@@ -98,12 +93,8 @@ pub async fn record(
 }
 
 /// Deletes keys older than `max_age` (run periodically); returns how many.
-pub async fn expire(
-    conn: &mut AsyncPgConnection,
-    max_age: std::time::Duration,
-) -> QueryResult<usize> {
-    let cutoff = chrono::Utc::now()
-        - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::days(1));
+pub async fn expire(conn: &mut AsyncPgConnection, max_age: std::time::Duration) -> QueryResult<usize> {
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::days(1));
     diesel::delete(keys::table.filter(keys::created_at.lt(cutoff)))
         .execute(conn)
         .await

@@ -95,9 +95,7 @@ pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         .load(conn)
         .await?;
     let status = OrderStatus::parse(&row.status).ok_or_else(|| {
-        diesel::result::Error::DeserializationError(
-            format!("unknown order status {:?}", row.status).into(),
-        )
+        diesel::result::Error::DeserializationError(format!("unknown order status {:?}", row.status).into())
     })?;
     let state = OrderData {
         id: row.id,
@@ -120,30 +118,22 @@ pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         created_at: row.created_at,
         updated_at: row.updated_at,
     };
-    Ok(Some(Order::from_state(
-        state,
-        row.payment_reference,
-        row.cancel_reason,
-    )))
+    Ok(Some(Order::from_state(state, row.payment_reference, row.cancel_reason)))
 }
 
 /// Writes an order's changed status back (lines never change after placing).
 pub async fn save(conn: &mut AsyncPgConnection, order: &Order) -> QueryResult<()> {
     let o = order.state();
-    let n = diesel::update(
-        orders::table
-            .find(o.id)
-            .filter(orders::version.eq(o.version - 1)),
-    )
-    .set((
-        orders::status.eq(o.status.as_str()),
-        orders::payment_reference.eq(order.payment_reference()),
-        orders::cancel_reason.eq(order.cancel_reason()),
-        orders::version.eq(o.version),
-        orders::updated_at.eq(o.updated_at),
-    ))
-    .execute(conn)
-    .await?;
+    let n = diesel::update(orders::table.find(o.id).filter(orders::version.eq(o.version - 1)))
+        .set((
+            orders::status.eq(o.status.as_str()),
+            orders::payment_reference.eq(order.payment_reference()),
+            orders::cancel_reason.eq(order.cancel_reason()),
+            orders::version.eq(o.version),
+            orders::updated_at.eq(o.updated_at),
+        ))
+        .execute(conn)
+        .await?;
     if n == 1 {
         Ok(())
     } else {

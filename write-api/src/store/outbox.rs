@@ -38,11 +38,7 @@ pub fn envelope(event: &Recorded) -> Result<CloudEvent, serde_json::Error> {
 
 /// Appends `events` to the outbox in one statement, with the message headers to publish them
 /// with (`traceparent` when the command had one).
-pub async fn append(
-    conn: &mut AsyncPgConnection,
-    events: &[Recorded],
-    traceparent: Option<&str>,
-) -> QueryResult<()> {
+pub async fn append(conn: &mut AsyncPgConnection, events: &[Recorded], traceparent: Option<&str>) -> QueryResult<()> {
     let headers = match traceparent {
         Some(tp) => serde_json::json!({ "traceparent": tp }),
         None => serde_json::json!({}),
@@ -50,8 +46,7 @@ pub async fn append(
     let rows = events
         .iter()
         .map(|event| {
-            let ce = envelope(event)
-                .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+            let ce = envelope(event).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
             Ok(NewOutboxRow {
                 event_id: ce.id,
                 aggregate_type: event.kind().aggregate_type().as_str(),
@@ -64,9 +59,6 @@ pub async fn append(
             })
         })
         .collect::<QueryResult<Vec<_>>>()?;
-    diesel::insert_into(outbox::table)
-        .values(&rows)
-        .execute(conn)
-        .await?;
+    diesel::insert_into(outbox::table).values(&rows).execute(conn).await?;
     Ok(())
 }

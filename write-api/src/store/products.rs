@@ -96,21 +96,17 @@ pub async fn lock_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResul
 /// check can only fail if a caller forgot to lock it: then nothing is written.
 pub async fn save(conn: &mut AsyncPgConnection, product: &Product) -> QueryResult<()> {
     let p = product.state();
-    let n = diesel::update(
-        products::table
-            .find(p.id)
-            .filter(products::version.eq(p.version - 1)),
-    )
-    .set((
-        products::name.eq(&p.name),
-        products::description.eq(&p.description),
-        products::price_cents.eq(p.price_cents),
-        products::stock.eq(p.stock),
-        products::version.eq(p.version),
-        products::updated_at.eq(p.updated_at),
-    ))
-    .execute(conn)
-    .await?;
+    let n = diesel::update(products::table.find(p.id).filter(products::version.eq(p.version - 1)))
+        .set((
+            products::name.eq(&p.name),
+            products::description.eq(&p.description),
+            products::price_cents.eq(p.price_cents),
+            products::stock.eq(p.stock),
+            products::version.eq(p.version),
+            products::updated_at.eq(p.updated_at),
+        ))
+        .execute(conn)
+        .await?;
     if n == 1 {
         Ok(())
     } else {
