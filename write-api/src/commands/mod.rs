@@ -44,7 +44,23 @@ pub trait Command: Send {
 /// With a key, the command runs in a savepoint after the key is claimed: a refusal (4xx)
 /// rolls back the command's changes but keeps the key with the refusal as its answer, so the
 /// repeat gets the same refusal; an internal error rolls back everything, key included.
-pub async fn execute<C: Command>(
+///
+/// The transaction runs in a task of its own: a client that hangs up (or the request
+/// timeout) drops the request's future, and dropping a transaction midway would hand its
+/// connection back to the pool still inside the transaction, holding its row locks.
+pub async fn execute<C: Command + 'static>(
+    app: &AppState,
+    meta: &CommandMeta,
+    body: &serde_json::Value,
+    command: C,
+) -> Result<Reply, ApiError> {
+    let (app, meta, body) = (app.clone(), meta.clone(), body.clone());
+    tokio::spawn(async move { run_in_transaction(&app, &meta, &body, command).await })
+        .await
+        .map_err(|e| ApiError::Problem(ordering_platform::problem::Problem::internal(&e)))?
+}
+
+async fn run_in_transaction<C: Command>(
     app: &AppState,
     meta: &CommandMeta,
     body: &serde_json::Value,
