@@ -1,1 +1,293 @@
-//! placeholder
+//! # outbox-relay: from the outbox table to the broker, nothing lost, nothing invented, in order
+//!
+//! The relay reads rows of the contract's outbox table (`OUTBOX_TABLE`) and publishes each to
+//! a topic exchange (`OUTBOX_EXCHANGE`) with publisher confirms, as a sidecar of whatever
+//! service writes the rows. Its own schema objects are all named after the table
+//! ([`schema`]), so several outboxes and relays can share one database.
+//!
+//! ## How no row is skipped
+//! There is no "published up to id N" mark. Rows become visible in commit order, not id
+//! order: a transaction that took id 100 may commit after id 101 was published. So a row's
+//! state lives on the row itself (`sent_at`, set only after the broker confirmed it), and
+//! every read takes the oldest *unsent* rows through a partial index on `sent_at IS NULL`.
+//! A row that commits late is unsent when it becomes visible, so the next read finds it; a
+//! rolled-back row never becomes visible, so it is never read. Reads are triggered by a
+//! NOTIFY trigger (LISTEN on a dedicated connection, [`listener`]) with a poll as a fallback;
+//! a wake-up only triggers a read, and since a notification can arrive before its row is
+//! visible, an empty read after a wake-up is repeated twice shortly after. The wake-up is a
+//! stored permit, so a notification arriving while a read runs causes another read.
+//!
+//! ## How per-aggregate order is kept, with several instances
+//! Aggregates are hashed into `RELAY_PARTITIONS` partitions, and each partition is leased to
+//! one instance at a time ([`leases`]), re-balanced every `RELAY_LEASE_TTL/3` as instances
+//! come and go; a dead instance's partitions are claimed by the others once its leases
+//! expire. Each claim increments the partition's fence. An instance publishes a partition's
+//! rows only before its local lease deadline, which ends before the expiry the database
+//! recorded, and marks rows sent only while the fence is still its own, so a stale owner can
+//! neither publish nor record after losing a partition.
+//!
+//! Within an instance ([`publisher`]), up to `RELAY_WINDOW` confirms are outstanding across
+//! many aggregates, but at most one per aggregate: an aggregate's next row is published only
+//! once the previous one was confirmed. So whatever happens to an unconfirmed message (nack,
+//! channel loss, crash), no later event of its aggregate has been published yet, and the
+//! first delivery of every sequence reaches consumers in sequence order; what may be seen is
+//! a duplicate of an event already seen. Confirmed rows are marked sent in one statement per
+//! batch.
+//!
+//! ## What happens on each failure
+//! - **Relay killed** (even `kill -9`): rows published but not yet marked are unsent, so the
+//!   next owner of their partition publishes them again (duplicates, at-least-once). Leases
+//!   of the dead instance expire after `RELAY_LEASE_TTL`.
+//! - **Broker down, connection cut, channel error, missing confirm**: the batch stops, rows
+//!   without a confirm stay unsent, the connection is rebuilt with exponential backoff and
+//!   jitter (backon) behind a circuit breaker, the topology is declared again, and the rows
+//!   are published again in order.
+//! - **Database down**: reads and marks fail and are retried with backoff behind the
+//!   database's breaker; rows confirmed meanwhile are kept in memory and marked first when
+//!   the database is back (if the relay dies before, they are sent again). The listener
+//!   reconnects by itself; the poll covers the gap.
+//! - **Poison row**: a row that can never be a valid message (a routing key over 255 bytes,
+//!   headers that are not an object of strings) is dead-lettered at once; a row the broker
+//!   refuses (nack) is retried with backoff and dead-lettered after `RELAY_MAX_ATTEMPTS`.
+//!   A dead letter stays unsent in the outbox and blocks the later rows of its aggregate
+//!   (order before progress) while other aggregates flow, until `outbox-relay dlq replay` or
+//!   `dlq discard`.
+//! - **SIGTERM**: stop starting publishes, wait for outstanding confirms, mark them, give the
+//!   leases back (so another instance takes over at once), exit 0.
+//!
+//! `/health/ready` answers 503 while PostgreSQL or the broker is unreachable or a breaker is
+//! open; `/metrics` has rows published, pending rows, lag, publish and confirm latencies,
+//! retries, dead letters, breaker states and partitions held. Sent rows older than
+//! `OUTBOX_RETENTION` are deleted in small batches on the `OUTBOX_CLEANUP_CRON` schedule.
+
+pub mod breaker;
+pub mod broker;
+pub mod leases;
+pub mod listener;
+pub mod publisher;
+pub mod schema;
+pub mod settings;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use ordering_platform::http::ops::{DependencyState, ReadinessCheck};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// Why the relay could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Setting(#[from] ordering_platform::settings::SettingError),
+    #[error("cannot set up the relay's schema: {0}")]
+    Schema(#[from] schema::SchemaError),
+    #[error("HTTP server failed: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("the publisher stopped unexpectedly: {0}")]
+    Publisher(String),
+}
+
+/// Runs the relay until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn serve(settings: Settings) -> Result<(), RelayError> {
+    run(settings, ordering_platform::shutdown::signal()).await
+}
+
+/// Runs the relay until `shutdown` resolves: sets up its schema, then publishes, keeps its
+/// leases, listens for notifications, cleans up on schedule and serves `/health/*` and
+/// `/metrics`.
+pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RelayError> {
+    // The recorder first, so that gauges set while starting (breakers) are kept.
+    ordering_platform::http::ops::metrics_handle();
+    let listener = ordering_platform::http::bind("RELAY_ADDR", s.addr).await?;
+    migrate_with_retry(&s).await?;
+    let pool = ordering_platform::db::pool(&s.database_url, 8);
+    let store = Store::new(pool.clone(), s.table.clone(), s.partitions);
+    let owner = uuid::Uuid::new_v4();
+    let leases = Arc::new(leases::Leases::new(owner, s.partitions));
+    let db = Arc::new(Breaker::new("postgres", s.breaker_failures, s.breaker_cooldown));
+    let broker = Arc::new(Breaker::new("rabbitmq", s.breaker_failures, s.breaker_cooldown));
+    let broker_up = Arc::new(AtomicBool::new(false));
+    let wake = Arc::new(Notify::new());
+    let stop = CancellationToken::new();
+    tracing::info!(%owner, table = %s.table.table(), exchange = %s.exchange, partitions = s.partitions, "relay starting");
+
+    let http_stop = CancellationToken::new();
+    let ready = readiness(pool.clone(), db.clone(), broker.clone(), broker_up.clone());
+    let router = ordering_platform::http::layers::wrap(
+        ordering_platform::http::ops::router(ready),
+        ordering_platform::http::layers::HttpLimits::default(),
+    );
+    let http = tokio::spawn(ordering_platform::http::serve(
+        listener,
+        router,
+        http_stop.clone().cancelled_owned(),
+    ));
+
+    let tasks = vec![
+        tokio::spawn(listener::listen(
+            s.database_url.clone(),
+            s.table.channel(),
+            wake.clone(),
+            s.poll_interval.max(Duration::from_secs(5)),
+            stop.clone(),
+        )),
+        tokio::spawn(leases::keep(
+            leases.clone(),
+            store.clone(),
+            s.lease_ttl,
+            db.clone(),
+            wake.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(cleanup_on_schedule(
+            store.clone(),
+            s.cleanup_cron.clone(),
+            s.retention,
+            s.cleanup_batch,
+            stop.clone(),
+        )),
+        tokio::spawn(watch_backlog(store.clone(), stop.clone())),
+    ];
+    let publisher = publisher::Publisher {
+        store: store.clone(),
+        leases: leases.clone(),
+        topology: broker::Topology {
+            exchange: s.exchange.clone(),
+            stream: s.stream(),
+            max_bytes: s.event_log_max_bytes,
+            max_age: s.event_log_max_age.clone(),
+        },
+        amqp_url: s.amqp_url.clone(),
+        window: s.window,
+        batch: s.batch,
+        poll_interval: s.poll_interval,
+        max_attempts: s.max_attempts,
+        confirm_timeout: s.confirm_timeout,
+        db,
+        broker,
+        broker_up,
+        wake,
+    };
+    let publishing = tokio::spawn(publisher.run(stop.clone()));
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.cancel();
+    });
+    // The publisher returns once stopped and its last confirms are recorded.
+    let published = publishing.await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Err(e) = leases.release_all(&store).await {
+        tracing::warn!(error = %e, "cannot release leases; they expire by themselves");
+    }
+    http_stop.cancel();
+    if let Err(e) = published {
+        // Unconfirmed rows stay unsent: a restarted relay sends them again.
+        return Err(RelayError::Publisher(e.to_string()));
+    }
+    if let Ok(Err(e)) = http.await {
+        return Err(e.into());
+    }
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+async fn migrate_with_retry(s: &Settings) -> Result<(), RelayError> {
+    let mut tries = 0;
+    loop {
+        match schema::migrate(&s.database_url, &s.table, s.partitions).await {
+            Ok(_) => return Ok(()),
+            Err(e @ schema::SchemaError::Partitions { .. }) => return Err(e.into()),
+            Err(e) if tries < 15 => {
+                tries += 1;
+                tracing::warn!(error = %e, "cannot set up the relay schema yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn readiness(
+    pool: ordering_platform::db::PgPool,
+    db: Arc<Breaker>,
+    broker: Arc<Breaker>,
+    broker_up: Arc<AtomicBool>,
+) -> ReadinessCheck {
+    Arc::new(move || {
+        let (pool, db, broker, broker_up) = (pool.clone(), db.clone(), broker.clone(), broker_up.clone());
+        async move {
+            let mut deps = BTreeMap::new();
+            let pg = match ordering_platform::db::ping(&pool).await {
+                Err(e) => DependencyState::down(true, e),
+                Ok(()) if db.state() == BreakerState::Open => DependencyState::down(true, "circuit breaker open"),
+                Ok(()) => DependencyState::up(true),
+            };
+            deps.insert("postgres", pg);
+            let mq = if broker.state() == BreakerState::Open {
+                DependencyState::down(true, "circuit breaker open")
+            } else if !broker_up.load(Ordering::Relaxed) {
+                DependencyState::down(true, "not connected to the broker")
+            } else {
+                DependencyState::up(true)
+            };
+            deps.insert("rabbitmq", mq);
+            deps
+        }
+        .boxed()
+    })
+}
+
+/// Deletes sent rows past `retention` whenever `schedule` fires.
+async fn cleanup_on_schedule(
+    store: Store,
+    schedule: cron::Schedule,
+    retention: Duration,
+    batch: i64,
+    stop: CancellationToken,
+) {
+    loop {
+        let Some(next) = schedule.upcoming(chrono::Utc).next() else {
+            return;
+        };
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+        match store::cleanup(&store, retention, batch).await {
+            Ok(n) => {
+                metrics::counter!("relay_cleaned_rows_total").increment(n);
+                tracing::info!(deleted = n, "cleaned up sent outbox rows past retention");
+            }
+            Err(e) => tracing::warn!(error = %e, "outbox cleanup failed; next run will retry"),
+        }
+    }
+}
+
+/// Publishes the backlog gauges every two seconds: pending rows and the lag (age of the
+/// oldest unsent row).
+async fn watch_backlog(store: Store, stop: CancellationToken) {
+    loop {
+        if let Ok((pending, lag)) = store.backlog().await {
+            metrics::gauge!("relay_pending_rows").set(pending as f64);
+            metrics::gauge!("relay_lag_seconds").set(lag);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,1 +1,55 @@
-//! placeholder
+//! The read side of the ordering pipeline: denormalised views built from the events, cached,
+//! served over HTTP with read-your-writes.
+//!
+//! It learns everything from the events on `ordering.events` (never from the write side's
+//! tables), keeps the views in PostgreSQL (`READ_DATABASE_URL`, tables `rv_*`), caches them
+//! in memory and in Redis, and serves the read endpoints of CONTRACT.md. How it keeps its
+//! promises:
+//!
+//! - **Each event changes a view exactly once** ([`views`], [`projector`]). Every view row
+//!   stores the version of its aggregate; an event is applied by one guarded upsert that only
+//!   moves a row from `v` to `v + 1`. A duplicate or an older delivery matches nothing and is
+//!   counted; an event from the future (a gap) is held back unacknowledged and retried. The
+//!   projector acknowledges a message only after that statement committed, so crashes cause
+//!   redeliveries, never losses. Poison goes to a dead-letter queue; unknown event types are
+//!   acknowledged and counted.
+//! - **The cache never shows an older version over a newer one** ([`cache`]). Both tiers
+//!   (in-process and Redis) are written by compare-and-set on the version (a Lua script in
+//!   Redis); announcements of applied changes invalidate the in-process tier and leave a
+//!   version floor behind. Misses of one key share one read (single flight).
+//! - **Redis is optional.** Every Redis call is bounded by a short timeout and a failure pauses
+//!   Redis use briefly, so requests go to PostgreSQL without a 5xx; the connection manager
+//!   reconnects by itself and the cache is used again without a restart. Readiness stays 200
+//!   and names the degradation.
+//! - **Read your writes** ([`consistency`]). A request with `X-Consistency-Token` registers for
+//!   the announcements of the aggregates it names, then checks the views, then sleeps until
+//!   an announcement (PostgreSQL NOTIFY from the projector's own statement, LISTENed by every
+//!   instance) makes a re-check worthwhile, up to `CONSISTENCY_WAIT_MS`, then 503
+//!   `not_yet_consistent`. No polling: a waiting request is an idle future.
+//! - **Lists use keyset cursors** ([`cursor`]), signed so they can not be forged or replayed
+//!   against another query; page 1,000 costs what page 1 costs.
+//! - **Rebuild** ([`rebuild`]) replays the stream into fresh tables with the projector's own
+//!   code and swaps them in within one transaction.
+//!
+//! Catalog lists are read from PostgreSQL on every request (with an ETag): any product change
+//! can change any page, and a transactional catalog-wide revision would serialize the
+//! projector. Single products, orders, and each customer's lists and summary are cached.
+
+pub mod app;
+pub mod cache;
+pub mod consistency;
+pub mod cursor;
+pub mod error;
+pub mod http;
+pub mod migrate;
+pub mod projector;
+pub mod rebuild;
+pub mod router;
+pub mod service;
+pub mod settings;
+pub mod views;
+
+pub use app::AppState;
+pub use router::router;
+pub use service::Service;
+pub use settings::Settings;

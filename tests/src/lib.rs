@@ -3,5 +3,7 @@
 //! prefix), and helpers to run the services in-process or as child processes.
 
 pub mod process;
+pub mod read_app;
+pub mod relay;
 pub mod test_db;
 pub mod write_app;

@@ -1,0 +1,328 @@
+//! Every SQL statement the relay runs against the outbox and its own tables.
+
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use ordering_platform::db::{PgConn, PgPool};
+use serde::Serialize;
+
+use crate::schema::TableNames;
+
+/// A database failure, from the pool or from a statement.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no database connection: {0}")]
+    Pool(String),
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+/// One unsent outbox row, as read for publishing.
+#[derive(Clone, Debug, QueryableByName)]
+pub struct OutboxRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = SqlUuid)]
+    pub event_id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    pub aggregate_type: String,
+    #[diesel(sql_type = Text)]
+    pub aggregate_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub sequence: i64,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    /// The payload as PostgreSQL renders the stored jsonb: published byte for byte.
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    #[diesel(sql_type = Text)]
+    pub headers: String,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Integer)]
+    pub partition: i32,
+}
+
+/// A row confirmed by the broker, waiting to be marked sent under the lease it was sent with.
+#[derive(Clone, Copy, Debug)]
+pub struct Confirmed {
+    pub id: i64,
+    pub partition: i32,
+    pub fence: i64,
+}
+
+/// A dead-lettered row, as `outbox-relay dlq list` shows it.
+#[derive(Clone, Debug, QueryableByName, Serialize)]
+pub struct DeadLetter {
+    #[diesel(sql_type = BigInt)]
+    pub outbox_id: i64,
+    #[diesel(sql_type = SqlUuid)]
+    pub event_id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    pub aggregate_type: String,
+    #[diesel(sql_type = Text)]
+    pub aggregate_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub sequence: i64,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Text)]
+    pub last_error: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub dead_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Backlog {
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = Nullable<Double>)]
+    lag: Option<f64>,
+}
+
+/// The outbox's statements, rendered once for its table name.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    names: TableNames,
+    fetch_sql: String,
+    mark_sql: String,
+}
+
+impl Store {
+    /// Statements for the outbox `names`, split into `partitions`.
+    pub fn new(pool: PgPool, names: TableNames, partitions: i32) -> Self {
+        let t = names.table();
+        let dl = names.object("dead_letters");
+        let leases = names.object("leases");
+        let part = TableNames::partition_expr("o", partitions);
+        // Every unsent row of the partitions held, oldest first, minus aggregates blocked
+        // behind a dead letter. No "published up to" mark: each read starts from the whole
+        // unsent set, so a row that committed late is simply found by the next read.
+        let fetch_sql = format!(
+            "SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.sequence, o.event_type, \
+             o.payload::text AS payload, o.headers::text AS headers, o.attempts, {part} AS partition \
+             FROM {t} o \
+             WHERE o.sent_at IS NULL AND {part} = ANY($1) \
+               AND o.id NOT IN (SELECT unnest($3::bigint[])) \
+               AND NOT EXISTS (SELECT 1 FROM {dl} d WHERE d.aggregate_type = o.aggregate_type AND d.aggregate_id = o.aggregate_id) \
+             ORDER BY o.id LIMIT $2"
+        );
+        // Fenced: a row is marked only while this instance still holds the lease it was
+        // published under; otherwise the new owner sends it again (a duplicate, never a loss).
+        let mark_sql = format!(
+            "UPDATE {t} o SET sent_at = now(), last_error = NULL \
+             FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS m(id, p, f) \
+             JOIN {leases} l ON l.partition = m.p AND l.fence = m.f \
+             WHERE o.id = m.id AND l.owner = $4 AND o.sent_at IS NULL"
+        );
+        Self {
+            pool,
+            names,
+            fetch_sql,
+            mark_sql,
+        }
+    }
+
+    /// The table names.
+    pub fn names(&self) -> &TableNames {
+        &self.names
+    }
+
+    /// A pooled connection.
+    pub async fn conn(&self) -> Result<PgConn, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// Up to `limit` unsent rows of `partitions`, oldest first, leaving out `exclude` (rows
+    /// confirmed whose mark is still under way).
+    pub async fn fetch(&self, partitions: &[i32], limit: i64, exclude: &[i64]) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut c = self.conn().await?;
+        // The unsent set changes faster than statistics follow: with stale ones the planner
+        // picks a bitmap scan and sorts the whole backlog (payloads included) to return the
+        // first rows. Walking the partial index in id order and stopping at the limit is
+        // always right here, so the other plans are disabled for this statement.
+        c.batch_execute(
+            "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off",
+        )
+        .await?;
+        let rows = diesel::sql_query(&self.fetch_sql)
+            .bind::<Array<Integer>, _>(partitions)
+            .bind::<BigInt, _>(limit)
+            .bind::<Array<BigInt>, _>(exclude)
+            .load(&mut c)
+            .await;
+        c.batch_execute(if rows.is_ok() { "COMMIT" } else { "ROLLBACK" })
+            .await?;
+        Ok(rows?)
+    }
+
+    /// Marks confirmed rows sent; returns how many were (fewer if a lease was lost meanwhile).
+    pub async fn mark_sent(&self, rows: &[Confirmed], owner: uuid::Uuid) -> Result<usize, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let parts: Vec<i32> = rows.iter().map(|r| r.partition).collect();
+        let fences: Vec<i64> = rows.iter().map(|r| r.fence).collect();
+        let mut c = self.conn().await?;
+        Ok(diesel::sql_query(&self.mark_sql)
+            .bind::<Array<BigInt>, _>(ids)
+            .bind::<Array<Integer>, _>(parts)
+            .bind::<Array<BigInt>, _>(fences)
+            .bind::<SqlUuid, _>(owner)
+            .execute(&mut c)
+            .await?)
+    }
+
+    /// Records a failed attempt; returns the attempts so far.
+    pub async fn record_failure(&self, id: i64, error: &str) -> Result<i32, StoreError> {
+        #[derive(QueryableByName)]
+        struct Attempts {
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+        }
+        let mut c = self.conn().await?;
+        let rows: Vec<Attempts> = diesel::sql_query(format!(
+            "UPDATE {} SET attempts = attempts + 1, last_error = $2 WHERE id = $1 RETURNING attempts",
+            self.names.table()
+        ))
+        .bind::<BigInt, _>(id)
+        .bind::<Text, _>(error)
+        .load(&mut c)
+        .await?;
+        Ok(rows.into_iter().next().map_or(0, |r| r.attempts))
+    }
+
+    /// Moves a row to the dead letters with its last error. The row stays unsent in the
+    /// outbox, and the aggregate's later rows wait behind it until it is replayed or discarded.
+    pub async fn dead_letter(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let t = self.names.table();
+        let dl = self.names.object("dead_letters");
+        diesel::sql_query(format!(
+            "WITH r AS (UPDATE {t} SET last_error = $2 WHERE id = $1 AND sent_at IS NULL RETURNING *) \
+             INSERT INTO {dl} (outbox_id, event_id, aggregate_type, aggregate_id, sequence, event_type, attempts, last_error) \
+             SELECT id, event_id, aggregate_type, aggregate_id, sequence, event_type, attempts, $2 FROM r \
+             ON CONFLICT (outbox_id) DO UPDATE SET last_error = EXCLUDED.last_error, dead_at = now()"
+        ))
+        .bind::<BigInt, _>(id)
+        .bind::<Text, _>(error)
+        .execute(&mut c)
+        .await?;
+        Ok(())
+    }
+
+    /// Unsent rows and the age of the oldest, in seconds (0 when none).
+    pub async fn backlog(&self) -> Result<(i64, f64), StoreError> {
+        let mut c = self.conn().await?;
+        let b: Backlog = diesel::sql_query(format!(
+            "SELECT count(*) AS pending, extract(epoch FROM now() - min(created_at))::float8 AS lag \
+             FROM {} WHERE sent_at IS NULL",
+            self.names.table()
+        ))
+        .get_result(&mut c)
+        .await?;
+        Ok((b.pending, b.lag.unwrap_or(0.0).max(0.0)))
+    }
+
+    /// Deletes up to `batch` sent rows created before `retention` ago; returns how many.
+    pub async fn cleanup_batch(&self, retention: std::time::Duration, batch: i64) -> Result<usize, StoreError> {
+        let mut c = self.conn().await?;
+        let t = self.names.table();
+        // Oldest ids first: old rows sit at the start of the primary key, so each batch finds
+        // its rows without scanning the table.
+        Ok(diesel::sql_query(format!(
+            "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} \
+             WHERE sent_at IS NOT NULL AND created_at < now() - make_interval(secs => $1) \
+             ORDER BY id LIMIT $2)"
+        ))
+        .bind::<Double, _>(retention.as_secs_f64())
+        .bind::<BigInt, _>(batch)
+        .execute(&mut c)
+        .await?)
+    }
+}
+
+/// Deletes every sent row past `retention`, `batch` rows per statement; returns how many.
+pub async fn cleanup(store: &Store, retention: std::time::Duration, batch: i64) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    loop {
+        let n = store.cleanup_batch(retention, batch).await?;
+        total += n as u64;
+        if (n as i64) < batch {
+            return Ok(total);
+        }
+    }
+}
+
+/// The dead-letter commands of the CLI, on one connection.
+pub struct DeadLetters<'a> {
+    conn: &'a mut AsyncPgConnection,
+    names: &'a TableNames,
+}
+
+impl<'a> DeadLetters<'a> {
+    /// Dead-letter commands for the outbox `names`.
+    pub fn new(conn: &'a mut AsyncPgConnection, names: &'a TableNames) -> Self {
+        Self { conn, names }
+    }
+
+    /// Every dead letter, oldest first.
+    pub async fn list(&mut self) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(diesel::sql_query(format!(
+            "SELECT outbox_id, event_id, aggregate_type, aggregate_id, sequence, event_type, attempts, last_error, dead_at \
+             FROM {} ORDER BY outbox_id",
+            self.names.object("dead_letters")
+        ))
+        .load(self.conn)
+        .await?)
+    }
+
+    /// Sends `id` (or every dead letter) again: its attempts start over and its aggregate
+    /// flows again. Returns how many rows were replayed.
+    pub async fn replay(&mut self, id: Option<i64>) -> Result<usize, StoreError> {
+        self.resolve(id, "attempts = 0, last_error = NULL").await
+    }
+
+    /// Gives up on `id`: it is recorded as sent (with its error kept as the reason) and never
+    /// published, and its aggregate's later rows flow again.
+    pub async fn discard(&mut self, id: i64) -> Result<usize, StoreError> {
+        self.resolve(
+            Some(id),
+            "sent_at = now(), last_error = 'discarded: ' || coalesce(o.last_error, '')",
+        )
+        .await
+    }
+
+    async fn resolve(&mut self, id: Option<i64>, set: &str) -> Result<usize, StoreError> {
+        let t = self.names.table();
+        let dl = self.names.object("dead_letters");
+        let filter = if id.is_some() {
+            "WHERE outbox_id = $1"
+        } else {
+            "WHERE $1::bigint IS NULL"
+        };
+        let n: Count = diesel::sql_query(format!(
+            "WITH d AS (DELETE FROM {dl} {filter} RETURNING outbox_id), \
+             u AS (UPDATE {t} o SET {set} FROM d WHERE o.id = d.outbox_id RETURNING o.id) \
+             SELECT count(*) AS n FROM u"
+        ))
+        .bind::<Nullable<BigInt>, _>(id)
+        .get_result(self.conn)
+        .await?;
+        // Wake the running relays now rather than at their next poll.
+        diesel::sql_query(format!("SELECT pg_notify('{}', '')", self.names.channel()))
+            .execute(self.conn)
+            .await?;
+        Ok(n.n as usize)
+    }
+}

@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS rv_customers;
+DROP TABLE IF EXISTS rv_orders;
+DROP TABLE IF EXISTS rv_products;

@@ -1,0 +1,33 @@
+//! The application state shared by handlers.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use ordering_platform::auth::Authenticator;
+use ordering_platform::db::PgPool;
+
+use crate::cache::Cache;
+use crate::consistency::Hub;
+use crate::cursor::Cursors;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub cache: Cache,
+    pub hub: Hub,
+    pub auth: Authenticator,
+    pub cursors: Cursors,
+    /// `CONSISTENCY_WAIT_MS`.
+    pub consistency_wait: Duration,
+    /// The projector's broker connection, when this instance runs one (readiness).
+    pub broker_connected: Option<Arc<AtomicBool>>,
+}
+
+impl FromRef<AppState> for Authenticator {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}

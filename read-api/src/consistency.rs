@@ -1,0 +1,365 @@
+//! Read-your-writes: waiting until the views reflect a command, woken by notifications.
+//!
+//! The projector announces applied changes with `pg_notify` in the transaction that makes
+//! them (one notification per batch, naming the version each aggregate reached); every
+//! read-api instance LISTENs on one dedicated connection and fans the announcements out
+//! in-process ([`Hub`]). A waiting request registers *before* it first checks the views,
+//! so no announcement can slip between its check and its sleep; it then sleeps on a
+//! [`tokio::sync::Notify`] and re-checks only when an announcement reaches the version it
+//! needs (an announcement only triggers a re-read; the re-read decides). A thousand waiting
+//! requests are a thousand idle futures. If the listening connection drops, announcements may
+//! have been missed: every waiter is woken to re-check and the in-process cache is cleared.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::StreamExt;
+use ordering_platform::db::PgPool;
+use ordering_schema::consistency::VersionMark;
+use ordering_schema::events::AggregateType;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cache::{Cache, Kind};
+use crate::views::{self, NOTIFY_CHANNEL};
+
+type Key = (AggregateType, Uuid);
+
+struct Waiter {
+    id: u64,
+    needed: i64,
+    notify: Arc<Notify>,
+}
+
+/// The in-process fan-out of announcements to waiting requests.
+#[derive(Clone, Default)]
+pub struct Hub {
+    waiters: Arc<Mutex<HashMap<Key, Vec<Waiter>>>>,
+    next_id: Arc<AtomicU64>,
+    listening: Arc<AtomicBool>,
+}
+
+/// A request's registration; dropping it unregisters.
+pub struct Registration {
+    hub: Hub,
+    id: u64,
+    keys: Vec<Key>,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.hub.waiters.lock() {
+            for k in &self.keys {
+                if let Some(list) = w.get_mut(k) {
+                    list.retain(|x| x.id != self.id);
+                    if list.is_empty() {
+                        w.remove(k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a wait ended without the views reflecting the command.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("the views did not reflect the command in time")]
+    Timeout,
+    #[error("reading view versions: {0}")]
+    Database(String),
+}
+
+impl Hub {
+    /// Registers interest in `marks`.
+    pub fn register(&self, marks: &[VersionMark]) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        let keys: Vec<Key> = marks.iter().map(|m| (m.aggregate, m.id)).collect();
+        if let Ok(mut w) = self.waiters.lock() {
+            for m in marks {
+                w.entry((m.aggregate, m.id)).or_default().push(Waiter {
+                    id,
+                    needed: m.version,
+                    notify: notify.clone(),
+                });
+            }
+        }
+        Registration {
+            hub: self.clone(),
+            id,
+            keys,
+            notify,
+        }
+    }
+
+    /// `aggregate` `id` reached `version`: wake the requests waiting for it.
+    pub fn announce(&self, aggregate: AggregateType, id: Uuid, version: i64) {
+        if let Ok(w) = self.waiters.lock()
+            && let Some(list) = w.get(&(aggregate, id))
+        {
+            for x in list.iter().filter(|x| x.needed <= version) {
+                x.notify.notify_one();
+            }
+        }
+    }
+
+    /// Wakes every waiting request (announcements may have been missed).
+    pub fn wake_all(&self) {
+        if let Ok(w) = self.waiters.lock() {
+            for x in w.values().flatten() {
+                x.notify.notify_one();
+            }
+        }
+    }
+
+    /// Requests waiting right now.
+    pub fn waiting(&self) -> usize {
+        self.waiters.lock().map(|w| w.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+
+    /// Whether the LISTEN connection is up.
+    pub fn listening(&self) -> bool {
+        AtomicBool::load(&self.listening, Ordering::Relaxed)
+    }
+
+    /// Waits until every mark is reflected by the views, at most `limit`.
+    pub async fn wait_for(&self, pool: &PgPool, marks: &[VersionMark], limit: Duration) -> Result<(), WaitError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let reg = self.register(marks);
+        let mut remaining: Vec<VersionMark> = marks.to_vec();
+        let mut waited = false;
+        loop {
+            remaining = unmet(pool, &remaining).await?;
+            if remaining.is_empty() {
+                return Ok(());
+            }
+            if !waited {
+                waited = true;
+                metrics::counter!("read_consistency_waits_total").increment(1);
+            }
+            tokio::select! {
+                () = reg.notify.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    metrics::counter!("read_consistency_timeouts_total").increment(1);
+                    return Err(WaitError::Timeout);
+                }
+            }
+        }
+    }
+}
+
+/// The marks the views do not reflect yet.
+async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>, WaitError> {
+    let mut conn = pool.get().await.map_err(|e| WaitError::Database(e.to_string()))?;
+    let mut out = Vec::new();
+    for (aggregate, table) in [
+        (AggregateType::Product, "rv_products"),
+        (AggregateType::Order, "rv_orders"),
+    ] {
+        let ids: Vec<Uuid> = marks
+            .iter()
+            .filter(|m| m.aggregate == aggregate)
+            .map(|m| m.id)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let have: HashMap<Uuid, i64> = views::versions(&mut conn, table, &ids)
+            .await
+            .map_err(|e| WaitError::Database(e.to_string()))?
+            .into_iter()
+            .collect();
+        out.extend(
+            marks
+                .iter()
+                .filter(|m| m.aggregate == aggregate && have.get(&m.id).is_none_or(|v| *v < m.version))
+                .copied(),
+        );
+    }
+    Ok(out)
+}
+
+/// One announcement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announcement {
+    Product {
+        id: Uuid,
+        version: i64,
+    },
+    Order {
+        id: Uuid,
+        version: i64,
+    },
+    /// A rebuild swapped in new tables.
+    Rebuilt,
+}
+
+/// Parses a payload written by the projector or the rebuild: announcements separated by
+/// spaces (one per aggregate the announcing transaction changed). Unreadable parts are left
+/// out.
+pub fn parse_all(payload: &str) -> impl Iterator<Item = Announcement> + '_ {
+    payload.split_ascii_whitespace().filter_map(parse)
+}
+
+/// Parses one announcement.
+pub fn parse(payload: &str) -> Option<Announcement> {
+    if payload == "rebuilt" {
+        return Some(Announcement::Rebuilt);
+    }
+    let mut parts = payload.split(':');
+    let tag = parts.next()?;
+    let id = Uuid::parse_str(parts.next()?).ok()?;
+    let version = parts.next()?.parse().ok()?;
+    match tag {
+        "p" => Some(Announcement::Product { id, version }),
+        "o" => Some(Announcement::Order { id, version }),
+        _ => None,
+    }
+}
+
+/// Applies one announcement to the hub and the in-process cache.
+pub fn dispatch(hub: &Hub, cache: &Cache, a: Announcement) {
+    match a {
+        Announcement::Product { id, version } => {
+            cache.invalidate_local(Kind::Product, id, version);
+            hub.announce(AggregateType::Product, id, version);
+        }
+        Announcement::Order { id, version } => {
+            cache.invalidate_local(Kind::Order, id, version);
+            hub.announce(AggregateType::Order, id, version);
+        }
+        Announcement::Rebuilt => {
+            cache.clear_local();
+            hub.wake_all();
+        }
+    }
+}
+
+/// LISTENs for announcements until `stop`, reconnecting with backoff.
+pub async fn listen(url: String, hub: Hub, cache: Cache, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        match AsyncPgConnection::establish(&url).await {
+            Ok(mut conn) => {
+                if let Err(e) = diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
+                    .execute(&mut conn)
+                    .await
+                {
+                    tracing::warn!(error = %e, "LISTEN failed");
+                } else {
+                    backoff = Duration::from_millis(100);
+                    hub.listening.store(true, Ordering::Relaxed);
+                    // Anything announced while we were not listening is unknown: start clean.
+                    cache.clear_local();
+                    hub.wake_all();
+                    run_listener(&mut conn, &hub, &cache, &stop).await;
+                    hub.listening.store(false, Ordering::Relaxed);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open the LISTEN connection"),
+        }
+        cache.clear_local();
+        hub.wake_all();
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn run_listener(conn: &mut AsyncPgConnection, hub: &Hub, cache: &Cache, stop: &CancellationToken) {
+    loop {
+        let next = {
+            let mut stream = std::pin::pin!(conn.notifications_stream());
+            tokio::select! {
+                n = tokio::time::timeout(Duration::from_secs(10), stream.next()) => n,
+                () = stop.cancelled() => return,
+            }
+        };
+        match next {
+            Ok(Some(Ok(n))) => {
+                let mut any = false;
+                for a in parse_all(&n.payload) {
+                    any = true;
+                    dispatch(hub, cache, a);
+                }
+                if !any {
+                    tracing::debug!(payload = %n.payload, "ignoring an unknown announcement");
+                }
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "LISTEN connection failed");
+                return;
+            }
+            Ok(None) => return,
+            // Quiet for a while: make sure the connection is still alive.
+            Err(_) => {
+                if diesel::sql_query("SELECT 1").execute(conn).await.is_err() {
+                    tracing::warn!("LISTEN connection lost");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_announcements() {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            parse(&format!("p:{id}:3")),
+            Some(Announcement::Product { id, version: 3 })
+        );
+        assert_eq!(
+            parse(&format!("o:{id}:2:{id}")),
+            Some(Announcement::Order { id, version: 2 })
+        );
+        assert_eq!(parse("rebuilt"), Some(Announcement::Rebuilt));
+        let other = Uuid::now_v7();
+        assert_eq!(
+            parse_all(&format!("p:{}:3 o:{}:7 junk", id.simple(), other.simple())).collect::<Vec<_>>(),
+            [
+                Announcement::Product { id, version: 3 },
+                Announcement::Order { id: other, version: 7 }
+            ]
+        );
+        assert_eq!(parse("x:y"), None);
+    }
+
+    #[tokio::test]
+    async fn announcements_wake_only_satisfied_waiters() {
+        let hub = Hub::default();
+        let id = Uuid::now_v7();
+        let reg = hub.register(&[VersionMark {
+            aggregate: AggregateType::Order,
+            id,
+            version: 3,
+        }]);
+        hub.announce(AggregateType::Order, id, 2);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), reg.notify.notified())
+                .await
+                .is_err()
+        );
+        hub.announce(AggregateType::Order, id, 3);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), reg.notify.notified())
+                .await
+                .is_ok()
+        );
+        assert_eq!(hub.waiting(), 1);
+        drop(reg);
+        assert_eq!(hub.waiting(), 0);
+    }
+}

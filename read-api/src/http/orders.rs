@@ -1,0 +1,66 @@
+//! `GET /v1/orders/{id}`: the order view, for its customer or an admin.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use ordering_platform::auth::Caller;
+use ordering_platform::problem::Problem;
+use ordering_schema::events::AggregateType;
+
+use super::schemas::OrderView;
+use super::{answer, await_consistency, consistency_marks, path_id};
+use crate::app::AppState;
+use crate::cache::{Kind, LoadError};
+use crate::error::ReadError;
+use crate::views;
+
+/// Reads one order view with its status history.
+#[utoipa::path(
+    get, path = "/v1/orders/{id}", tag = "orders",
+    params(
+        ("id" = String, Path),
+        ("X-Consistency-Token" = Option<String>, Header),
+        ("If-None-Match" = Option<String>, Header),
+    ),
+    responses(
+        (status = 200, body = OrderView, headers(("ETag" = String), ("X-Cache" = String))),
+        (status = 304), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem, description = "no such order, or another customer's"),
+        (status = 503, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_order(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ReadError> {
+    let marks = consistency_marks(&headers)?;
+    let id = path_id(&id, "order")?;
+    await_consistency(&app, marks.as_deref()).await?;
+    let min_version = marks
+        .iter()
+        .flatten()
+        .filter(|m| m.aggregate == AggregateType::Order && m.id == id)
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    let pool = app.pool.clone();
+    let load = move || {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.get().await.map_err(|e| LoadError(e.to_string().into()))?;
+            views::order(&mut conn, id)
+                .await
+                .map_err(|e| LoadError(e.to_string().into()))
+        }
+    };
+    let (entry, source) = app.cache.view(Kind::Order, id, min_version, load).await?;
+    let entry = entry.ok_or(ReadError::NotFound("order"))?;
+    // Another customer's order does not exist, as far as this caller can tell.
+    if !caller.is_admin() && entry.owner != Some(caller.subject) {
+        return Err(ReadError::NotFound("order"));
+    }
+    Ok(answer(&headers, entry.body, entry.etag, source))
+}

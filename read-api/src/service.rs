@@ -1,0 +1,120 @@
+//! Assembling the running service: pool, cache, notification listener, projector, router.
+//! Used by `main` and by the tests, so both run exactly the same thing.
+
+use std::time::Duration;
+
+use axum::Router;
+use ordering_platform::db;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::cache::Cache;
+use crate::consistency::{self, Hub};
+use crate::cursor::Cursors;
+use crate::projector::{Projector, Topology};
+use crate::settings::Settings;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("migrating the views: {0}")]
+    Migrate(#[from] ordering_schema::migrate::MigrateError),
+    #[error("bad setting REDIS_URL: {0}")]
+    Redis(#[from] crate::cache::RedisUrlError),
+}
+
+/// A running read-api: the state handlers share, and its background tasks.
+pub struct Service {
+    pub state: AppState,
+    pub projector: Option<Projector>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Service {
+    /// Applies the migrations and starts the listener, the cache's retry loop and (unless
+    /// `PROJECTOR=off`) the projector.
+    pub async fn start(settings: &Settings) -> Result<Self, StartError> {
+        // The recorder must exist before the cache and projector create their counters.
+        let _ = ordering_platform::http::ops::metrics_handle();
+        let applied = crate::migrate::run(&settings.database_url).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "view migrations applied");
+        }
+        let pool = db::pool(&settings.database_url, settings.pool_size);
+        let cache = Cache::new(
+            &settings.redis_url,
+            &settings.redis_key_prefix,
+            settings.cache_ttl,
+            settings.local_cache_ttl,
+            settings.redis_timeout,
+        )?;
+        let hub = Hub::default();
+        let stop = CancellationToken::new();
+        let mut tasks = vec![
+            tokio::spawn(consistency::listen(
+                settings.database_url.clone(),
+                hub.clone(),
+                cache.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn({
+                let cache = cache.clone();
+                let stop = stop.clone();
+                async move {
+                    tokio::select! {
+                        () = cache.retry_pending() => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+            }),
+        ];
+        let projector = settings.projector.then(|| {
+            Projector::new(
+                pool.clone(),
+                cache.clone(),
+                Topology {
+                    amqp_url: settings.amqp_url.clone(),
+                    exchange: settings.exchange.clone(),
+                    queue: settings.queue.clone(),
+                    prefetch: settings.prefetch,
+                    workers: settings.workers,
+                },
+            )
+        });
+        if let Some(p) = &projector {
+            tasks.push(tokio::spawn(p.clone().run(stop.clone())));
+        }
+        let state = AppState {
+            pool,
+            cache,
+            hub,
+            auth: settings.auth.clone(),
+            cursors: Cursors::new(&settings.cursor_secret),
+            consistency_wait: settings.consistency_wait,
+            broker_connected: projector.as_ref().map(Projector::connected_flag),
+        };
+        Ok(Self {
+            state,
+            projector,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The HTTP application.
+    pub fn router(&self, settings: &Settings) -> Router {
+        crate::router::router(self.state.clone(), settings.limits)
+    }
+
+    /// Stops consuming, lets in-flight events finish (bounded), and stops the background tasks.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+                tracing::warn!("a background task did not stop within 10 s");
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The read-api's settings, read once from the environment at start.
+
+use std::time::Duration;
+
+use ordering_platform::auth::Authenticator;
+use ordering_platform::http::layers::HttpLimits;
+use ordering_platform::settings::{self, SettingError};
+
+/// `PROJECTOR_PREFETCH` when unset.
+pub const DEFAULT_PREFETCH: u16 = 512;
+/// `PROJECTOR_WORKERS` when unset.
+pub const DEFAULT_WORKERS: usize = 8;
+
+/// Everything the read-api can be told. Each field names the variable that sets it.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `READ_DATABASE_URL` (default: `DATABASE_URL`): where the views live.
+    pub database_url: String,
+    /// `READ_POOL_SIZE`: PostgreSQL connections for requests and the projector.
+    pub pool_size: usize,
+    /// `AMQP_URL`: the broker.
+    pub amqp_url: String,
+    /// `REDIS_URL`: `redis://host:port/db` for one node; `redis+cluster://h1:p1,h2:p2` (or a
+    /// comma-separated list of `redis://` URLs) for a Redis Cluster.
+    pub redis_url: String,
+    /// `REDIS_KEY_PREFIX`: prepended to every cache key.
+    pub redis_key_prefix: String,
+    /// `REDIS_TIMEOUT_MS`: the longest any one Redis call may take before the request goes
+    /// to PostgreSQL instead.
+    pub redis_timeout: Duration,
+    /// `CACHE_TTL`: lifetime of a Redis entry.
+    pub cache_ttl: Duration,
+    /// `LOCAL_CACHE_TTL`: lifetime of an entry of the in-process tier (it is also invalidated
+    /// by notifications; the TTL only bounds staleness if a notification is ever lost).
+    pub local_cache_ttl: Duration,
+    /// `READ_API_ADDR`: where HTTP is served.
+    pub addr: std::net::SocketAddr,
+    /// `JWT_SECRET` / `AUTH`.
+    pub auth: Authenticator,
+    /// `CURSOR_SECRET` (default: `JWT_SECRET`): signs list cursors.
+    pub cursor_secret: Vec<u8>,
+    /// `CONSISTENCY_WAIT_MS`: how long a request with `X-Consistency-Token` may wait.
+    pub consistency_wait: Duration,
+    /// `EVENTS_EXCHANGE`: the topic exchange the relay publishes to.
+    pub exchange: String,
+    /// `PROJECTOR_QUEUE`: the projector's own durable quorum queue.
+    pub queue: String,
+    /// `EVENT_LOG_STREAM` (default `<exchange>.log`): the stream `rebuild` replays.
+    pub stream: String,
+    /// `PROJECTOR_PREFETCH`: unacknowledged deliveries at most.
+    pub prefetch: u16,
+    /// `PROJECTOR_WORKERS`: aggregates applied in parallel.
+    pub workers: usize,
+    /// `PROJECTOR=off` serves HTTP without consuming (for extra read replicas).
+    pub projector: bool,
+    /// Request timeout and concurrency limit.
+    pub limits: HttpLimits,
+}
+
+impl Settings {
+    /// Reads every setting; the first bad one is returned, naming itself.
+    pub fn from_env() -> Result<Self, SettingError> {
+        let database_default = settings::url(
+            "DATABASE_URL",
+            "postgres://root@127.0.0.1:5432/ordering",
+            &["postgres://", "postgresql://"],
+        )?;
+        let database_url = settings::url(
+            "READ_DATABASE_URL",
+            &database_default,
+            &["postgres://", "postgresql://"],
+        )?;
+        let auth = Authenticator::from_env()?;
+        let cursor_secret = settings::raw("CURSOR_SECRET")
+            .or_else(|| settings::raw("JWT_SECRET"))
+            .map(String::into_bytes)
+            // With AUTH=off and no secret, a per-process key: cursors then only work against
+            // the instance that issued them, which is fine for a local demo.
+            .unwrap_or_else(|| uuid::Uuid::new_v4().as_bytes().to_vec());
+        let exchange = settings::string("EVENTS_EXCHANGE", ordering_schema::events::DEFAULT_EXCHANGE);
+        let stream = settings::string("EVENT_LOG_STREAM", &format!("{exchange}.log"));
+        let queue = settings::string("PROJECTOR_QUEUE", "read-api.projector");
+        for (name, v) in [
+            ("EVENTS_EXCHANGE", &exchange),
+            ("EVENT_LOG_STREAM", &stream),
+            ("PROJECTOR_QUEUE", &queue),
+        ] {
+            if v.len() > 200 {
+                return Err(SettingError::new(name, "must be at most 200 bytes"));
+            }
+        }
+        let redis_url = settings::string("REDIS_URL", "redis://127.0.0.1:6379/0");
+        if !(redis_url.starts_with("redis://")
+            || redis_url.starts_with("rediss://")
+            || redis_url.starts_with("redis+cluster://"))
+        {
+            return Err(SettingError::new(
+                "REDIS_URL",
+                "must start with redis://, rediss:// or redis+cluster://",
+            ));
+        }
+        let workers: usize = settings::parsed("PROJECTOR_WORKERS", DEFAULT_WORKERS)?;
+        if workers == 0 || workers > 256 {
+            return Err(SettingError::new("PROJECTOR_WORKERS", "must be 1 to 256"));
+        }
+        let prefetch: u16 = settings::parsed("PROJECTOR_PREFETCH", DEFAULT_PREFETCH)?;
+        if prefetch == 0 {
+            return Err(SettingError::new("PROJECTOR_PREFETCH", "must be at least 1"));
+        }
+        let projector = match settings::string("PROJECTOR", "on").as_str() {
+            "on" => true,
+            "off" => false,
+            other => return Err(SettingError::new("PROJECTOR", format!("{other:?} is not on or off"))),
+        };
+        Ok(Self {
+            database_url,
+            pool_size: settings::parsed("READ_POOL_SIZE", 16)?,
+            amqp_url: settings::url(
+                "AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                &["amqp://", "amqps://"],
+            )?,
+            redis_url,
+            redis_key_prefix: settings::string("REDIS_KEY_PREFIX", "ordering:read:"),
+            redis_timeout: Duration::from_millis(settings::parsed("REDIS_TIMEOUT_MS", 100)?),
+            cache_ttl: settings::duration("CACHE_TTL", Duration::from_secs(600))?,
+            local_cache_ttl: settings::duration("LOCAL_CACHE_TTL", Duration::from_secs(5))?,
+            addr: settings::socket_addr("READ_API_ADDR", "127.0.0.1:8081")?,
+            auth,
+            cursor_secret,
+            consistency_wait: Duration::from_millis(settings::parsed("CONSISTENCY_WAIT_MS", 3000)?),
+            exchange,
+            queue,
+            stream,
+            prefetch,
+            workers,
+            projector,
+            limits: HttpLimits::default(),
+        })
+    }
+}

@@ -1,0 +1,647 @@
+//! The view tables: how events change them, and the queries the endpoints make. The only
+//! module that speaks SQL.
+//!
+//! Events are applied set-wise: one statement upserts a whole batch of product (or order)
+//! changes, each guarded by the stored version, and reports per event whether it applied.
+//! The guard is what makes delivery "exactly once in effect": a row moves from version `v`
+//! to `v + 1` only; a duplicate or an older event matches no row, and an event from the
+//! future (a gap) is reported, not applied. One statement can change a row once, so the
+//! events of one aggregate go to successive statements ([`crate::projector::apply_all`]
+//! makes those rounds); the caller decides the transaction around them and announces what
+//! committed ([`announce`]).
+
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use ordering_schema::events::{OrderData, OrderStatus, ProductData};
+use serde_json::json;
+use uuid::Uuid;
+
+/// The channel applied changes are announced on: a payload is one or more announcements
+/// separated by spaces, each `p:<id>:<version>` or `o:<id>:<version>` (the highest version
+/// each aggregate reached in the announcing transaction), or `rebuilt` after a rebuild
+/// swapped the tables in.
+pub const NOTIFY_CHANNEL: &str = "rv_applied";
+
+/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more: longer lists are split.
+const MAX_PAYLOAD: usize = 7900;
+
+/// The names of one set of view tables: the live ones, or the fresh ones a rebuild fills.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tables {
+    pub products: String,
+    pub orders: String,
+    pub customers: String,
+}
+
+impl Tables {
+    /// The tables the endpoints read.
+    pub fn live() -> Self {
+        Self::with_suffix("")
+    }
+
+    /// The tables a rebuild fills before swapping them in.
+    pub fn rebuild() -> Self {
+        Self::with_suffix("_rebuild")
+    }
+
+    fn with_suffix(s: &str) -> Self {
+        Self {
+            products: format!("rv_products{s}"),
+            orders: format!("rv_orders{s}"),
+            customers: format!("rv_customers{s}"),
+        }
+    }
+
+    /// Whether these are the live tables (only their changes are announced).
+    pub fn is_live(&self) -> bool {
+        *self == Self::live()
+    }
+}
+
+/// What applying one event did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The view moved to the event's version; `doc` is the view now stored, `revision` the
+    /// customer's revision after the statement (order events).
+    Applied { doc: String, revision: Option<i64> },
+    /// The view already reflects this version or a later one: nothing changed.
+    Duplicate,
+    /// The view is at `have`, short of the version before the event's: hold the event back.
+    Gap { have: i64 },
+}
+
+/// How strictly versions must follow each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Continuity {
+    /// A view starts at version 1 and moves by 1 (the live projector).
+    Strict,
+    /// A view may start at any version and skip forward (rebuild `--from-available`, when
+    /// retention dropped the head of the stream).
+    FromAvailable,
+}
+
+/// One row per input event: the stored doc if it applied, else the version the view had.
+#[derive(QueryableByName)]
+struct AppliedRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Nullable<Text>)]
+    doc: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    have: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    revision: Option<i64>,
+}
+
+/// The text `search` terms are matched in.
+pub fn search_text(p: &ProductData) -> String {
+    format!("{} {} {}", p.sku, p.name, p.description).to_lowercase()
+}
+
+/// One product change: the state `data` at version `sequence`.
+pub struct ProductChange<'a> {
+    pub data: &'a ProductData,
+    pub sequence: i64,
+}
+
+/// One order change: the state `data` at version `sequence`, reached by an event at `at`.
+pub struct OrderChange<'a> {
+    pub data: &'a OrderData,
+    pub sequence: i64,
+    pub at: DateTime<Utc>,
+}
+
+/// Per input id (in input order), what its row in `rows` says happened.
+fn outcomes(ids: &[Uuid], versions: &[i64], rows: Vec<AppliedRow>) -> Vec<Outcome> {
+    let mut by_id: std::collections::HashMap<Uuid, AppliedRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+    ids.iter()
+        .zip(versions)
+        .map(|(id, version)| match by_id.remove(id) {
+            Some(AppliedRow {
+                doc: Some(doc),
+                revision,
+                ..
+            }) => Outcome::Applied { doc, revision },
+            Some(AppliedRow { have: Some(have), .. }) if have >= *version => Outcome::Duplicate,
+            Some(AppliedRow { have, .. }) => Outcome::Gap {
+                have: have.unwrap_or(0),
+            },
+            None => Outcome::Gap { have: 0 },
+        })
+        .collect()
+}
+
+/// Applies `changes` (of distinct products) to the product view in one statement; the
+/// outcomes are in input order.
+pub async fn apply_products(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    changes: &[ProductChange<'_>],
+    continuity: Continuity,
+) -> diesel::QueryResult<Vec<Outcome>> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let t = &tables.products;
+    // The main query reads the table as it was before the statement (`cur`): for an event
+    // that did not apply, that is the version it found.
+    let sql = format!(
+        "WITH input AS (
+           SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+                                $7::jsonb[])
+                      AS i(id, version, name, price_cents, stock, search, doc)),
+         up AS (
+           INSERT INTO {t} AS t (id, version, name, price_cents, stock, search, doc)
+           SELECT i.id, i.version, i.name, i.price_cents, i.stock, i.search, i.doc FROM input i
+            WHERE i.version = 1 OR $8 OR EXISTS (SELECT 1 FROM {t} e WHERE e.id = i.id)
+           ON CONFLICT (id) DO UPDATE SET version = excluded.version, name = excluded.name,
+              price_cents = excluded.price_cents, stock = excluded.stock,
+              search = excluded.search, doc = excluded.doc
+            WHERE t.version = excluded.version - 1 OR ($8 AND t.version < excluded.version)
+           RETURNING t.id, t.doc::text AS doc)
+         SELECT i.id, up.doc, cur.version AS have, NULL::bigint AS revision
+           FROM input i LEFT JOIN up ON up.id = i.id LEFT JOIN {t} cur ON cur.id = i.id"
+    );
+    let n = changes.len();
+    let (mut ids, mut versions, mut names, mut prices, mut stocks, mut searches, mut docs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for c in changes {
+        let p = c.data;
+        let mut doc = serde_json::to_value(p).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+        // The view's version is the event's sequence (they are equal for a well-formed event;
+        // the sequence is what the guard checks, so the view shows that).
+        doc["version"] = json!(c.sequence);
+        ids.push(p.id);
+        versions.push(c.sequence);
+        names.push(p.name.as_str());
+        prices.push(p.price_cents);
+        stocks.push(p.stock);
+        searches.push(search_text(p));
+        docs.push(doc);
+    }
+    let rows: Vec<AppliedRow> = diesel::sql_query(sql)
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<BigInt>, _>(&versions)
+        .bind::<Array<Text>, _>(&names)
+        .bind::<Array<BigInt>, _>(&prices)
+        .bind::<Array<BigInt>, _>(&stocks)
+        .bind::<Array<Text>, _>(&searches)
+        .bind::<Array<Jsonb>, _>(&docs)
+        .bind::<Bool, _>(continuity == Continuity::FromAvailable)
+        .load(conn)
+        .await?;
+    Ok(outcomes(&ids, &versions, rows))
+}
+
+/// One entry of an order's `history`.
+pub fn history_entry(status: OrderStatus, at: DateTime<Utc>) -> serde_json::Value {
+    json!({"status": status, "at": at})
+}
+
+/// The order's item in its customer's list.
+pub fn list_item(o: &OrderData) -> serde_json::Value {
+    let item_count: i64 = o.lines.iter().map(|l| l.quantity).sum();
+    json!({
+        "id": o.id, "status": o.status, "total_cents": o.total_cents, "currency": o.currency,
+        "item_count": item_count, "created_at": o.created_at, "updated_at": o.updated_at,
+    })
+}
+
+/// Applies `changes` (of distinct orders) to the order view in one statement, and bumps each
+/// customer's revision by the number of their orders that changed; the outcomes are in input
+/// order, each applied one with its customer's revision after the statement.
+pub async fn apply_orders(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    changes: &[OrderChange<'_>],
+    continuity: Continuity,
+) -> diesel::QueryResult<Vec<Outcome>> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let t = &tables.orders;
+    let c = &tables.customers;
+    // Customers are bumped in id order, so two transactions touching the same customers
+    // lock them in the same order.
+    let sql = format!(
+        "WITH input AS (
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
+                                $7::timestamptz[], $8::jsonb[], $9::jsonb[])
+                      AS i(id, customer_id, version, status, total_cents, currency, created_at, doc, item)),
+         up AS (
+           INSERT INTO {t} AS t (id, customer_id, version, status, total_cents, currency, created_at, doc, item)
+           SELECT i.id, i.customer_id, i.version, i.status, i.total_cents, i.currency, i.created_at, i.doc, i.item
+             FROM input i
+            WHERE i.version = 1 OR $10 OR EXISTS (SELECT 1 FROM {t} e WHERE e.id = i.id)
+           ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
+              total_cents = excluded.total_cents, currency = excluded.currency,
+              created_at = excluded.created_at, item = excluded.item,
+              doc = jsonb_set(excluded.doc, '{{history}}', (t.doc -> 'history') || (excluded.doc -> 'history'))
+            WHERE t.version = excluded.version - 1 OR ($10 AND t.version < excluded.version)
+           RETURNING t.id, t.customer_id, t.doc::text AS doc),
+         cust AS (
+           INSERT INTO {c} AS c (customer_id, revision)
+           SELECT customer_id, count(*) FROM up GROUP BY customer_id ORDER BY customer_id
+           ON CONFLICT (customer_id) DO UPDATE SET revision = c.revision + excluded.revision
+           RETURNING c.customer_id, c.revision)
+         SELECT i.id, up.doc, cur.version AS have, cust.revision
+           FROM input i LEFT JOIN up ON up.id = i.id LEFT JOIN {t} cur ON cur.id = i.id
+           LEFT JOIN cust ON cust.customer_id = up.customer_id"
+    );
+    let n = changes.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut customers = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut totals = Vec::with_capacity(n);
+    let mut currencies = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut docs = Vec::with_capacity(n);
+    let mut items = Vec::with_capacity(n);
+    for ch in changes {
+        let o = ch.data;
+        let mut doc = serde_json::to_value(o).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+        doc["version"] = json!(ch.sequence);
+        doc["history"] = json!([history_entry(o.status, ch.at)]);
+        ids.push(o.id);
+        customers.push(o.customer_id);
+        versions.push(ch.sequence);
+        statuses.push(o.status.as_str());
+        totals.push(o.total_cents);
+        currencies.push(o.currency.as_str());
+        created.push(o.created_at);
+        docs.push(doc);
+        items.push(list_item(o));
+    }
+    let rows: Vec<AppliedRow> = diesel::sql_query(sql)
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<SqlUuid>, _>(&customers)
+        .bind::<Array<BigInt>, _>(&versions)
+        .bind::<Array<Text>, _>(&statuses)
+        .bind::<Array<BigInt>, _>(&totals)
+        .bind::<Array<Text>, _>(&currencies)
+        .bind::<Array<Timestamptz>, _>(&created)
+        .bind::<Array<Jsonb>, _>(&docs)
+        .bind::<Array<Jsonb>, _>(&items)
+        .bind::<Bool, _>(continuity == Continuity::FromAvailable)
+        .load(conn)
+        .await?;
+    Ok(outcomes(&ids, &versions, rows))
+}
+
+/// Announces `entries` (each `p:<id>:<version>` or `o:<id>:<version>`) on
+/// [`NOTIFY_CHANNEL`], in as few notifications as the payload limit allows. Inside the
+/// applying transaction, so they are delivered if and only if it commits.
+pub async fn announce(conn: &mut AsyncPgConnection, entries: &[String]) -> diesel::QueryResult<()> {
+    let mut payloads: Vec<String> = Vec::new();
+    for e in entries {
+        match payloads.last_mut() {
+            Some(p) if p.len() + 1 + e.len() <= MAX_PAYLOAD => {
+                p.push(' ');
+                p.push_str(e);
+            }
+            _ => payloads.push(e.clone()),
+        }
+    }
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query("SELECT count(*) AS n FROM (SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p) n")
+        .bind::<Text, _>(NOTIFY_CHANNEL)
+        .bind::<Array<Text>, _>(&payloads)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn not_found_as_none<T>(e: diesel::result::Error) -> diesel::QueryResult<Option<T>> {
+    match e {
+        diesel::result::Error::NotFound => Ok(None),
+        e => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Queries of the endpoints.
+
+/// A single view as stored: its version, its owner (orders) and the JSON served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredView {
+    pub version: i64,
+    pub owner: Option<Uuid>,
+    pub doc: String,
+}
+
+#[derive(QueryableByName)]
+struct DocRow {
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    owner: Option<Uuid>,
+    #[diesel(sql_type = Text)]
+    doc: String,
+}
+
+/// The product view `id`, if any.
+pub async fn product(conn: &mut AsyncPgConnection, id: Uuid) -> diesel::QueryResult<Option<StoredView>> {
+    let row: Option<DocRow> =
+        diesel::sql_query("SELECT version, NULL::uuid AS owner, doc::text AS doc FROM rv_products WHERE id = $1")
+            .bind::<SqlUuid, _>(id)
+            .get_result(conn)
+            .await
+            .map(Some)
+            .or_else(not_found_as_none)?;
+    Ok(row.map(|r| StoredView {
+        version: r.version,
+        owner: r.owner,
+        doc: r.doc,
+    }))
+}
+
+/// The order view `id`, if any, with its customer as owner.
+pub async fn order(conn: &mut AsyncPgConnection, id: Uuid) -> diesel::QueryResult<Option<StoredView>> {
+    let row: Option<DocRow> =
+        diesel::sql_query("SELECT version, customer_id AS owner, doc::text AS doc FROM rv_orders WHERE id = $1")
+            .bind::<SqlUuid, _>(id)
+            .get_result(conn)
+            .await
+            .map(Some)
+            .or_else(not_found_as_none)?;
+    Ok(row.map(|r| StoredView {
+        version: r.version,
+        owner: r.owner,
+        doc: r.doc,
+    }))
+}
+
+#[derive(QueryableByName)]
+struct IdVersion {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+/// The versions of the views `ids` of `table` (`rv_products` or `rv_orders`) that exist.
+pub async fn versions(
+    conn: &mut AsyncPgConnection,
+    table: &str,
+    ids: &[Uuid],
+) -> diesel::QueryResult<Vec<(Uuid, i64)>> {
+    let rows: Vec<IdVersion> = diesel::sql_query(format!("SELECT id, version FROM {table} WHERE id = ANY($1)"))
+        .bind::<Array<SqlUuid>, _>(ids)
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.version)).collect())
+}
+
+/// Sort orders of the product list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ProductSort {
+    #[serde(rename = "name")]
+    Name,
+    #[serde(rename = "price")]
+    Price,
+    #[serde(rename = "-price")]
+    PriceDesc,
+}
+
+/// Where a page of products starts: after this (sort key, id).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ProductKey {
+    Name(String),
+    Price(i64),
+}
+
+/// The product list's filters.
+#[derive(Clone, Debug, Default)]
+pub struct ProductFilter {
+    pub terms: Vec<String>,
+    pub min_price: Option<i64>,
+    pub max_price: Option<i64>,
+    pub in_stock: Option<bool>,
+}
+
+/// One row of a product page: the view and its keys.
+pub struct ProductRow {
+    pub doc: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub id: Uuid,
+}
+
+#[derive(QueryableByName)]
+struct ProductListRow {
+    #[diesel(sql_type = Text)]
+    doc: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    price_cents: i64,
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+fn like_pattern(term: &str) -> String {
+    let mut p = String::with_capacity(term.len() + 2);
+    p.push('%');
+    for ch in term.to_lowercase().chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(ch);
+    }
+    p.push('%');
+    p
+}
+
+/// Up to `limit` products matching `filter` in `sort` order, after `after` (keyset).
+pub async fn products(
+    conn: &mut AsyncPgConnection,
+    filter: &ProductFilter,
+    sort: ProductSort,
+    after: Option<(ProductKey, Uuid)>,
+    limit: i64,
+) -> diesel::QueryResult<Vec<ProductRow>> {
+    let mut sql = String::from("SELECT doc::text AS doc, name, price_cents, id FROM rv_products WHERE true");
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    for _ in &filter.terms {
+        sql.push_str(&format!(" AND search LIKE ${} ESCAPE '\\'", next()));
+    }
+    if filter.min_price.is_some() {
+        sql.push_str(&format!(" AND price_cents >= ${}", next()));
+    }
+    if filter.max_price.is_some() {
+        sql.push_str(&format!(" AND price_cents <= ${}", next()));
+    }
+    match filter.in_stock {
+        Some(true) => sql.push_str(" AND stock > 0"),
+        Some(false) => sql.push_str(" AND stock = 0"),
+        None => {}
+    }
+    if after.is_some() {
+        let (a, b) = (next(), next());
+        sql.push_str(&match sort {
+            ProductSort::Name => format!(" AND (name, id) > (${a}, ${b})"),
+            ProductSort::Price => format!(" AND (price_cents, id) > (${a}, ${b})"),
+            ProductSort::PriceDesc => format!(" AND (price_cents, id) < (${a}, ${b})"),
+        });
+    }
+    sql.push_str(match sort {
+        ProductSort::Name => " ORDER BY name, id",
+        ProductSort::Price => " ORDER BY price_cents, id",
+        ProductSort::PriceDesc => " ORDER BY price_cents DESC, id DESC",
+    });
+    sql.push_str(&format!(" LIMIT ${}", next()));
+    let mut q = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
+    for t in &filter.terms {
+        q = q.bind::<Text, _>(like_pattern(t));
+    }
+    if let Some(v) = filter.min_price {
+        q = q.bind::<BigInt, _>(v);
+    }
+    if let Some(v) = filter.max_price {
+        q = q.bind::<BigInt, _>(v);
+    }
+    if let Some((key, id)) = after {
+        q = match key {
+            ProductKey::Name(s) => q.bind::<Text, _>(s),
+            ProductKey::Price(p) => q.bind::<BigInt, _>(p),
+        };
+        q = q.bind::<SqlUuid, _>(id);
+    }
+    q = q.bind::<BigInt, _>(limit);
+    let rows: Vec<ProductListRow> = q.load(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ProductRow {
+            doc: r.doc,
+            name: r.name,
+            price_cents: r.price_cents,
+            id: r.id,
+        })
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct Revision {
+    #[diesel(sql_type = BigInt)]
+    revision: i64,
+}
+
+/// The customer's revision: how many order events of theirs the views reflect (0: none).
+pub async fn customer_revision(conn: &mut AsyncPgConnection, customer: Uuid) -> diesel::QueryResult<i64> {
+    let row: Option<Revision> = diesel::sql_query("SELECT revision FROM rv_customers WHERE customer_id = $1")
+        .bind::<SqlUuid, _>(customer)
+        .get_result(conn)
+        .await
+        .map(Some)
+        .or_else(not_found_as_none)?;
+    Ok(row.map_or(0, |r| r.revision))
+}
+
+/// One row of a customer's order list.
+pub struct OrderListRow {
+    pub item: String,
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+#[derive(QueryableByName)]
+struct OrderListDbRow {
+    #[diesel(sql_type = Text)]
+    item: String,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+/// Up to `limit` orders of `customer`, newest first, after `after` (keyset).
+pub async fn customer_orders(
+    conn: &mut AsyncPgConnection,
+    customer: Uuid,
+    status: Option<OrderStatus>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> diesel::QueryResult<Vec<OrderListRow>> {
+    let mut sql = String::from("SELECT item::text AS item, created_at, id FROM rv_orders WHERE customer_id = $1");
+    let mut n = 1;
+    if status.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND status = ${n}"));
+    }
+    if after.is_some() {
+        sql.push_str(&format!(" AND (created_at, id) < (${}, ${})", n + 1, n + 2));
+        n += 2;
+    }
+    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", n + 1));
+    let mut q = diesel::sql_query(sql)
+        .into_boxed::<diesel::pg::Pg>()
+        .bind::<SqlUuid, _>(customer);
+    if let Some(s) = status {
+        q = q.bind::<Text, _>(s.as_str());
+    }
+    if let Some((at, id)) = after {
+        q = q.bind::<Timestamptz, _>(at).bind::<SqlUuid, _>(id);
+    }
+    let rows: Vec<OrderListDbRow> = q.bind::<BigInt, _>(limit).load(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| OrderListRow {
+            item: r.item,
+            created_at: r.created_at,
+            id: r.id,
+        })
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct SummaryRow {
+    #[diesel(sql_type = BigInt)]
+    order_count: i64,
+    #[diesel(sql_type = BigInt)]
+    open_order_count: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    last_order_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Text)]
+    spent: String,
+}
+
+/// The customer's summary, as served.
+pub async fn customer_summary(conn: &mut AsyncPgConnection, customer: Uuid) -> diesel::QueryResult<serde_json::Value> {
+    let row: SummaryRow = diesel::sql_query(
+        "SELECT count(*) AS order_count,
+                count(*) FILTER (WHERE status IN ('placed', 'paid')) AS open_order_count,
+                max(created_at) AS last_order_at,
+                coalesce((SELECT jsonb_object_agg(currency, total)
+                            FROM (SELECT currency, sum(total_cents)::bigint AS total FROM rv_orders
+                                   WHERE customer_id = $1 AND status IN ('paid', 'shipped')
+                                   GROUP BY currency) s), '{}'::jsonb)::text AS spent
+           FROM rv_orders WHERE customer_id = $1",
+    )
+    .bind::<SqlUuid, _>(customer)
+    .get_result(conn)
+    .await?;
+    let spent: serde_json::Value = serde_json::from_str(&row.spent).unwrap_or_else(|_| json!({}));
+    Ok(json!({
+        "customer_id": customer,
+        "order_count": row.order_count,
+        "open_order_count": row.open_order_count,
+        "spent_cents": spent,
+        "last_order_at": row.last_order_at,
+    }))
+}

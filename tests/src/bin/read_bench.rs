@@ -1,0 +1,291 @@
+//! Read-side benchmark, in one run on one machine (release mode):
+//! - a minimal axum server returning a fixed body of the product view's size (the ceiling);
+//! - cached `GET /v1/products/{id}` (in-process tier + Redis), and Redis only (no in-process
+//!   tier), as req/s and p99;
+//! - the same GET with Redis down (in-process tier on, and off: straight from PostgreSQL);
+//! - the projector's events/s (N events published to the exchange, timed until applied).
+//!
+//! Load comes from `wrk` (64 connections, 2 threads) when installed.
+//! Usage: `cargo run --release -p ordering-tests --bin read-bench [seconds] [http|projector]`
+//! (both parts unless one is named).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
+use ordering_tests::read_app::{ReadApp, ReadOptions, product, product_event};
+
+struct Figure {
+    rps: f64,
+    p99_ms: f64,
+}
+
+fn wrk(url: &str, secs: u64) -> anyhow::Result<Figure> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
+        .output()
+        .map_err(|e| anyhow::anyhow!("wrk not runnable ({e}); apt-get install -y wrk"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("unexpected wrk output: {text}"))?;
+    let p99 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(parse_latency)
+        .unwrap_or(f64::NAN);
+    if text.contains("Non-2xx") {
+        anyhow::bail!("non-2xx answers during the run: {text}");
+    }
+    Ok(Figure { rps, p99_ms: p99 })
+}
+
+fn parse_latency(s: &str) -> f64 {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => n,
+    }
+}
+
+async fn bare_server(body: Vec<u8>) -> anyhow::Result<std::net::SocketAddr> {
+    let body = axum::body::Bytes::from(body);
+    let app = axum::Router::new().route(
+        "/fixed",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
+async fn product_app(opts: ReadOptions, local_tier: bool) -> anyhow::Result<(ReadApp, String, usize)> {
+    let mut app = ReadApp::start_with(opts).await;
+    if !local_tier {
+        // Restart with the in-process tier disabled (entries expire at once).
+        app.stop().await;
+        let mut settings = app.settings.clone();
+        settings.local_cache_ttl = Duration::ZERO;
+        let service = read_api::Service::start(&settings).await?;
+        let router = service.router(&settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        app.addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        app.service = Some(service);
+    }
+    let p = product(
+        &format!("BENCH-{}", uuid::Uuid::now_v7().simple()),
+        "Bench kettle",
+        &"a fine kettle ".repeat(40),
+        2599,
+        10,
+    );
+    app.publish(&product_event(&p)).await;
+    app.wait_version("rv_products", p.id, 1).await;
+    let url = app.url(&format!("/v1/products/{}", p.id));
+    let body = reqwest::get(&url).await?.bytes().await?;
+    Ok((app, url, body.len()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(8);
+    let only = std::env::args().nth(2);
+    if only.as_deref() != Some("projector") {
+        http(secs).await?;
+    }
+    if only.as_deref() != Some("http") {
+        projector().await?;
+    }
+    Ok(())
+}
+
+async fn http(secs: u64) -> anyhow::Result<()> {
+    let dead_redis = format!("redis://127.0.0.1:{}/0", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    });
+
+    let (cached, cached_url, size) = product_app(ReadOptions::default(), true).await?;
+    let bare = bare_server(vec![b'x'; size]).await?;
+    println!("product view: {size} bytes; wrk -t2 -c64 -d{secs}s");
+    let ceiling = wrk(&format!("http://{bare}/fixed"), secs)?;
+    println!(
+        "minimal axum, fixed body          {:>9.0} req/s  p99 {:>6.2} ms",
+        ceiling.rps, ceiling.p99_ms
+    );
+    let c = wrk(&cached_url, secs)?;
+    println!(
+        "GET product, cached (local+Redis)  {:>9.0} req/s  p99 {:>6.2} ms  = {:.0}% of minimal axum (target >= 70%)",
+        c.rps,
+        c.p99_ms,
+        100.0 * c.rps / ceiling.rps
+    );
+    drop(cached);
+
+    let (redis_only, url, _) = product_app(ReadOptions::default(), false).await?;
+    let r = wrk(&url, secs)?;
+    println!(
+        "GET product, Redis tier only       {:>9.0} req/s  p99 {:>6.2} ms  = {:.0}% of minimal axum",
+        r.rps,
+        r.p99_ms,
+        100.0 * r.rps / ceiling.rps
+    );
+    drop(redis_only);
+
+    let down = ReadOptions {
+        redis_url: dead_redis.clone(),
+        ..Default::default()
+    };
+    let (redis_down, url, _) = product_app(down.clone(), true).await?;
+    let d = wrk(&url, secs)?;
+    println!(
+        "GET product, Redis down            {:>9.0} req/s  p99 {:>6.2} ms  = {:.0}% of cached (target >= 30%)",
+        d.rps,
+        d.p99_ms,
+        100.0 * d.rps / c.rps
+    );
+    drop(redis_down);
+    let (pg_only, url, _) = product_app(down, false).await?;
+    let g = wrk(&url, secs)?;
+    println!(
+        "GET product, Redis down, no local  {:>9.0} req/s  p99 {:>6.2} ms  = {:.0}% of cached (every read from PostgreSQL)",
+        g.rps,
+        g.p99_ms,
+        100.0 * g.rps / c.rps
+    );
+    drop(pg_only);
+    Ok(())
+}
+
+/// Publishes `events` to `exchange` with a window of 256 outstanding confirms (as the relay
+/// does); returns how long it took.
+async fn publish_all(exchange: &str, events: &[Vec<u8>]) -> anyhow::Result<Duration> {
+    let conn = lapin::Connection::connect(
+        ordering_tests::relay::broker::AMQP_URL,
+        lapin::ConnectionProperties::default(),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let started = Instant::now();
+    let mut confirms = Vec::with_capacity(256);
+    for body in events {
+        let c = ch
+            .basic_publish(
+                exchange.into(),
+                "product.created".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        confirms.push(c);
+        if confirms.len() == 256 {
+            for c in confirms.drain(..) {
+                c.await?;
+            }
+        }
+    }
+    for c in confirms.drain(..) {
+        c.await?;
+    }
+    let took = started.elapsed();
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(took)
+}
+
+async fn wait_for_rows(app: &ReadApp, n: i64) {
+    loop {
+        let rows = app.query_json("SELECT count(*) AS n FROM rv_products").await;
+        if rows[0]["n"].as_i64() == Some(n) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A read-api whose projector runs with the service's default prefetch and workers (the
+/// test harness uses its own); `consuming` false: stopped, its queue declared.
+async fn projector_app(consuming: bool) -> anyhow::Result<ReadApp> {
+    let mut app = ReadApp::start_with(ReadOptions::default()).await;
+    app.stop().await;
+    app.settings.prefetch = read_api::settings::DEFAULT_PREFETCH;
+    app.settings.workers = read_api::settings::DEFAULT_WORKERS;
+    if consuming {
+        start_projector(&mut app).await?;
+    }
+    Ok(app)
+}
+
+async fn start_projector(app: &mut ReadApp) -> anyhow::Result<()> {
+    let service = read_api::Service::start(&app.settings).await?;
+    while !service.projector.as_ref().is_some_and(|p| p.connected()) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.service = Some(service);
+    Ok(())
+}
+
+fn events(n: usize, tag: &str) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            serde_json::to_vec(&product_event(&product(&format!("{tag}-{i}"), "Event", "e", 100, 1)))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+async fn projector() -> anyhow::Result<()> {
+    // Projector throughput: N events to distinct aggregates, published with a window of
+    // outstanding confirms, timed until the last is applied...
+    let n = 20_000;
+    let app = projector_app(true).await?;
+    let evs = events(n, "E");
+    let started = Instant::now();
+    let published = publish_all(&app.settings.exchange, &evs).await?;
+    wait_for_rows(&app, n as i64).await;
+    let applied = started.elapsed();
+    println!(
+        "projector, live: {n} events published in {:.2} s ({:.0}/s), all applied after {:.2} s: {:.0} events/s",
+        published.as_secs_f64(),
+        n as f64 / published.as_secs_f64(),
+        applied.as_secs_f64(),
+        n as f64 / applied.as_secs_f64()
+    );
+    drop(app);
+
+    // ...and its own ceiling: the same events queued first, then drained.
+    let mut app = projector_app(false).await?;
+    let evs = events(n, "B");
+    publish_all(&app.settings.exchange, &evs).await?;
+    let started = Instant::now();
+    start_projector(&mut app).await?;
+    wait_for_rows(&app, n as i64).await;
+    let drained = started.elapsed();
+    println!(
+        "projector, backlog: {n} queued events applied in {:.2} s: {:.0} events/s (prefetch {}, {} workers)",
+        drained.as_secs_f64(),
+        n as f64 / drained.as_secs_f64(),
+        app.settings.prefetch,
+        app.settings.workers
+    );
+    Ok(())
+}

@@ -1,0 +1,469 @@
+//! A read-api running in-process on a free port, with everything of its own: an empty
+//! database for its views, a test exchange / projector queue / stream (`test.<uuid>...`), and
+//! a Redis key prefix. Tests drive it by publishing CloudEvents to the exchange, so the
+//! projector sees exactly what a test means it to see. Everything is deleted on drop.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use ordering_platform::auth::Authenticator;
+use ordering_platform::http::layers::HttpLimits;
+use ordering_schema::events::{CloudEvent, EventKind, OrderData, OrderLineData, OrderStatus, ProductData};
+use read_api::{Service, Settings};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::relay::broker::AMQP_URL;
+use crate::test_db::TestDatabase;
+use crate::write_app::SECRET;
+
+/// The shared Redis the tests use unless they start their own.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// How a test read-api is set up.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    pub redis_url: String,
+    pub consistency_wait: Duration,
+    /// Declare `<exchange>.log` bound with `#` (as the relay does), for rebuild tests.
+    pub stream: bool,
+    pub workers: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self {
+            redis_url: REDIS_URL.to_owned(),
+            consistency_wait: Duration::from_millis(3000),
+            stream: false,
+            workers: 4,
+        }
+    }
+}
+
+/// A running read-api and what a test needs to talk to it.
+pub struct ReadApp {
+    pub db: TestDatabase,
+    pub settings: Settings,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub service: Option<Service>,
+    publisher: Channel,
+    amqp: Connection,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ReadApp {
+    /// A read-api with default options.
+    pub async fn start() -> Self {
+        Self::start_with(ReadOptions::default()).await
+    }
+
+    /// A read-api with `opts`.
+    pub async fn start_with(opts: ReadOptions) -> Self {
+        let db = TestDatabase::empty().await;
+        let name = format!("test.{}", Uuid::new_v4().simple());
+        let settings = Settings {
+            database_url: db.url().to_owned(),
+            pool_size: 16,
+            amqp_url: AMQP_URL.to_owned(),
+            redis_url: opts.redis_url.clone(),
+            redis_key_prefix: format!("{name}:"),
+            redis_timeout: Duration::from_millis(100),
+            cache_ttl: Duration::from_secs(120),
+            local_cache_ttl: Duration::from_secs(5),
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            auth: Authenticator::hs256(SECRET.as_bytes()),
+            cursor_secret: SECRET.as_bytes().to_vec(),
+            consistency_wait: opts.consistency_wait,
+            exchange: name.clone(),
+            queue: format!("{name}.projector"),
+            stream: format!("{name}.log"),
+            prefetch: 256,
+            workers: opts.workers,
+            projector: true,
+            limits: HttpLimits::default(),
+        };
+        let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let publisher = amqp.create_channel().await.expect("channel");
+        // The exchange first (as the relay would), so events published before the projector
+        // has bound its queue are not lost... they would be, so tests wait for the binding below.
+        read_api::projector::declare(
+            &publisher,
+            &read_api::projector::Topology {
+                amqp_url: AMQP_URL.to_owned(),
+                exchange: settings.exchange.clone(),
+                queue: settings.queue.clone(),
+                prefetch: settings.prefetch,
+                workers: settings.workers,
+            },
+        )
+        .await
+        .expect("declare topology");
+        if opts.stream {
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+            publisher
+                .queue_declare(
+                    settings.stream.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    args,
+                )
+                .await
+                .expect("declare stream");
+            publisher
+                .queue_bind(
+                    settings.stream.as_str().into(),
+                    settings.exchange.as_str().into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind stream");
+        }
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let service = Service::start(&settings).await.expect("start read-api");
+        let app = service.router(&settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("client");
+        let me = Self {
+            db,
+            settings,
+            addr,
+            client,
+            service: Some(service),
+            publisher,
+            amqp,
+            server,
+        };
+        me.wait_until_consuming().await;
+        me
+    }
+
+    async fn wait_until_consuming(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !self
+            .service
+            .as_ref()
+            .and_then(|s| s.projector.as_ref())
+            .is_some_and(|p| p.connected())
+        {
+            assert!(tokio::time::Instant::now() < deadline, "projector did not connect");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The app state (cache, hub, pool) of the running service.
+    pub fn state(&self) -> &read_api::AppState {
+        &self.service.as_ref().expect("running").state
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A GET of `path`.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    /// Publishes `event` to the test exchange with its routing key (waits for the confirm).
+    pub async fn publish<D: Serialize>(&self, event: &CloudEvent<D>) {
+        let kind = event.kind().expect("a known kind");
+        let body = serde_json::to_vec(event).expect("serialize event");
+        self.publish_raw(kind.routing_key(), &body).await;
+    }
+
+    /// Publishes `body` as is.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ordering_schema::events::MESSAGE_CONTENT_TYPE.into());
+        self.publisher
+            .basic_publish(
+                self.settings.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+
+    /// Messages in the dead-letter queue (consumes them).
+    pub async fn dead_letters(&self) -> Vec<Vec<u8>> {
+        let q = format!("{}.dead", self.settings.queue);
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = self
+            .publisher
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+        {
+            out.push(m.delivery.data.clone());
+        }
+        out
+    }
+
+    /// The stored version of a view row (`rv_products` / `rv_orders`), if any.
+    pub async fn stored_version(&self, table: &str, id: Uuid) -> Option<i64> {
+        let rows = self
+            .query_json(&format!("SELECT version FROM {table} WHERE id = '{id}'"))
+            .await;
+        rows.first().and_then(|r| r["version"].as_i64())
+    }
+
+    /// Waits until the view row of `id` in `table` is at `version` (or later).
+    pub async fn wait_version(&self, table: &str, id: Uuid, version: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.stored_version(table, id).await.is_some_and(|v| v >= version) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{table} {id} did not reach version {version}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs `sql` (a SELECT) on the views' database; rows as JSON objects.
+    pub async fn query_json(&self, sql: &str) -> Vec<serde_json::Value> {
+        use diesel::QueryableByName;
+        use diesel::sql_types::Text;
+        use diesel_async::RunQueryDsl;
+        #[derive(QueryableByName)]
+        struct Rows {
+            #[diesel(sql_type = Text)]
+            j: String,
+        }
+        let mut conn = self.db.conn().await;
+        let rows: Rows = diesel::sql_query(format!(
+            "SELECT coalesce(json_agg(t), '[]'::json)::text AS j FROM ({sql}) t"
+        ))
+        .get_result(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("query {sql}: {e}"));
+        serde_json::from_str(&rows.j).expect("rows as JSON")
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Stops the service gracefully (the HTTP server is aborted).
+    pub async fn stop(&mut self) {
+        self.server.abort();
+        if let Some(s) = self.service.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+impl Drop for ReadApp {
+    fn drop(&mut self) {
+        self.server.abort();
+        let exchange = self.settings.exchange.clone();
+        let queues = vec![
+            self.settings.queue.clone(),
+            format!("{}.dead", self.settings.queue),
+            self.settings.stream.clone(),
+        ];
+        let dlx = format!("{}.dlx", self.settings.queue);
+        let prefix = self.settings.redis_key_prefix.clone();
+        let redis_url = self.settings.redis_url.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                crate::relay::broker::delete(dlx, Vec::new()).await;
+                crate::relay::broker::delete(exchange, queues).await;
+                delete_keys(&redis_url, &prefix).await;
+            });
+        })
+        .join();
+        let _ = &self.amqp;
+    }
+}
+
+/// Deletes every Redis key under `prefix` (best effort).
+pub async fn delete_keys(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else { return };
+    let Ok(Ok(mut conn)) =
+        tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await
+    else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    for k in keys {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(k).query_async(&mut conn).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Event builders.
+
+/// A product's state.
+pub fn product(sku: &str, name: &str, description: &str, price_cents: i64, stock: i64) -> ProductData {
+    let now = ordering_schema::events::now();
+    ProductData {
+        id: Uuid::now_v7(),
+        sku: sku.to_owned(),
+        name: name.to_owned(),
+        description: description.to_owned(),
+        price_cents,
+        currency: "EUR".to_owned(),
+        stock,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The event that brought `p` to `p.version` (`created` at 1, `updated` later).
+pub fn product_event(p: &ProductData) -> CloudEvent<ProductData> {
+    let kind = if p.version == 1 {
+        EventKind::ProductCreated
+    } else {
+        EventKind::ProductUpdated
+    };
+    CloudEvent::new(kind, p.id, p.version, p.updated_at, p.clone())
+}
+
+/// `p` one version later with `change` applied.
+pub fn next_product(p: &ProductData, change: impl FnOnce(&mut ProductData)) -> ProductData {
+    let mut n = p.clone();
+    n.version += 1;
+    n.updated_at = ordering_schema::events::now();
+    change(&mut n);
+    n
+}
+
+/// A placed order of `customer` with `lines` of (product, quantity).
+pub fn order(customer: Uuid, lines: &[(&ProductData, i64)], created_at: DateTime<Utc>) -> OrderData {
+    let lines: Vec<OrderLineData> = lines
+        .iter()
+        .map(|(p, q)| OrderLineData {
+            product_id: p.id,
+            sku: p.sku.clone(),
+            name: p.name.clone(),
+            unit_price_cents: p.price_cents,
+            quantity: *q,
+            line_total_cents: p.price_cents * q,
+        })
+        .collect();
+    let total = lines.iter().map(|l| l.line_total_cents).sum();
+    OrderData {
+        id: Uuid::now_v7(),
+        customer_id: customer,
+        status: OrderStatus::Placed,
+        lines,
+        total_cents: total,
+        currency: "EUR".to_owned(),
+        version: 1,
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+/// The event that brought `o` to `o.version` (its status names the kind).
+pub fn order_event(o: &OrderData) -> CloudEvent<OrderData> {
+    let kind = match o.status {
+        OrderStatus::Placed => EventKind::OrderPlaced,
+        OrderStatus::Paid => EventKind::OrderPaid,
+        OrderStatus::Shipped => EventKind::OrderShipped,
+        OrderStatus::Cancelled => EventKind::OrderCancelled,
+    };
+    CloudEvent::new(kind, o.id, o.version, o.updated_at, o.clone())
+}
+
+/// `o` moved to `status`, one version later.
+pub fn next_order(o: &OrderData, status: OrderStatus) -> OrderData {
+    let mut n = o.clone();
+    n.version += 1;
+    n.status = status;
+    n.updated_at = ordering_schema::events::now();
+    n
+}
+
+/// A second read-api instance over the same views, Redis prefix and database, without a
+/// projector (a read replica): it learns about changes only through notifications and Redis.
+pub struct Replica {
+    pub addr: SocketAddr,
+    pub service: Service,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl ReadApp {
+    /// Starts a replica of this read-api.
+    pub async fn replica(&self) -> Replica {
+        let mut settings = self.settings.clone();
+        settings.projector = false;
+        let service = Service::start(&settings).await.expect("start replica");
+        let app = service.router(&settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        // Let its LISTEN connection come up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !service.state.hub.listening() {
+            assert!(tokio::time::Instant::now() < deadline, "replica is not listening");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Replica { addr, service, server }
+    }
+}

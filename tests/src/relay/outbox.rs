@@ -1,0 +1,85 @@
+//! Filling an outbox with events whose payload a consumer can check (id, subject, sequence).
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+/// Inserts `per_aggregate` events for each of `aggregates` aggregates named `<prefix><n>`,
+/// sequences 1.. in order, interleaved across aggregates, payloads padded to about `pad`
+/// bytes. Returns the event ids.
+pub async fn insert_events(
+    conn: &mut AsyncPgConnection,
+    table: &str,
+    prefix: &str,
+    aggregates: i32,
+    first_sequence: i32,
+    per_aggregate: i32,
+    pad: i32,
+) -> Vec<uuid::Uuid> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = SqlUuid)]
+        event_id: uuid::Uuid,
+    }
+    let rows: Vec<Id> = diesel::sql_query(format!(
+        "INSERT INTO {table} (event_id, aggregate_type, aggregate_id, sequence, event_type, payload, headers) \
+         SELECT e.id, 'order', e.agg, e.seq, 'order.placed', \
+           jsonb_build_object('specversion', '1.0', 'id', e.id, 'source', '/test', 'type', 'ordering.order.placed.v1', \
+             'subject', e.agg, 'time', now(), 'datacontenttype', 'application/json', 'aggregatetype', 'order', \
+             'sequence', e.seq, 'data', jsonb_build_object('pad', repeat('x', $4))), \
+           jsonb_build_object('traceparent', '00-' || md5(e.id::text) || '-' || left(md5(e.agg), 16) || '-01', 'x-test', 'yes') \
+         FROM (SELECT gen_random_uuid() AS id, $1 || a AS agg, s AS seq \
+               FROM generate_series($2, $2 + $3 - 1) s, generate_series(1, $5) a ORDER BY s, a) e \
+         RETURNING event_id"
+    ))
+    .bind::<Text, _>(prefix)
+    .bind::<Integer, _>(first_sequence)
+    .bind::<Integer, _>(per_aggregate)
+    .bind::<Integer, _>(pad)
+    .bind::<Integer, _>(aggregates)
+    .load(conn)
+    .await
+    .expect("insert outbox rows");
+    rows.into_iter().map(|r| r.event_id).collect()
+}
+
+/// One stored row, as the tests compare it with what arrived.
+#[derive(Debug, QueryableByName)]
+pub struct StoredRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = SqlUuid)]
+    pub event_id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    #[diesel(sql_type = Text)]
+    pub headers: String,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Every row of `table`.
+pub async fn rows(conn: &mut AsyncPgConnection, table: &str) -> Vec<StoredRow> {
+    diesel::sql_query(format!(
+        "SELECT id, event_id, event_type, payload::text AS payload, headers::text AS headers, sent_at FROM {table} ORDER BY id"
+    ))
+    .load(conn)
+    .await
+    .expect("read outbox")
+}
+
+/// Rows of `table` not yet marked sent.
+pub async fn unsent(conn: &mut AsyncPgConnection, table: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let n: N = diesel::sql_query(format!("SELECT count(*) AS n FROM {table} WHERE sent_at IS NULL"))
+        .get_result(conn)
+        .await
+        .expect("count unsent");
+    n.n
+}

@@ -1,0 +1,221 @@
+//! Poison rows go to the dead letters, block only their own aggregate, and come back with
+//! `outbox-relay dlq replay` or are given up with `dlq discard`; cleanup deletes only sent
+//! rows past retention.
+
+use std::time::Duration;
+
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use ordering_tests::relay::broker::TestExchange;
+use ordering_tests::relay::outbox::{insert_events, rows};
+use ordering_tests::relay::process::{RelayEnv, RelayProcess};
+use ordering_tests::relay::wait_until;
+use ordering_tests::test_db::TestDatabase;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn cli(env: &RelayEnv, args: &[&str]) -> String {
+    let out = RelayProcess::command(env, args).output().expect("run outbox-relay");
+    assert!(
+        out.status.success(),
+        "outbox-relay {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_row_is_dead_lettered_blocks_only_its_aggregate_and_replays() {
+    let db = TestDatabase::new().await;
+    let mut ex = TestExchange::new().await;
+    let got = ex.consume().await;
+    let mut conn = db.conn().await;
+    // p-1 and q-1: three events each; the second of p-1 cannot be a message (routing key too long).
+    let ids = insert_events(&mut conn, "outbox", "p-", 1, 1, 3, 10).await;
+    let q = insert_events(&mut conn, "outbox", "q-", 1, 1, 3, 10).await;
+    // r-1: the first event is poison and will be discarded.
+    let r = insert_events(&mut conn, "outbox", "r-", 1, 1, 2, 10).await;
+    let long = "x".repeat(300);
+    for id in [ids[1], r[0]] {
+        diesel::sql_query(format!(
+            "UPDATE outbox SET event_type = '{long}' WHERE event_id = '{id}'"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let env = RelayEnv::new(db.url(), &ex.name);
+    let relay = RelayProcess::spawn(&env);
+    wait_until("other aggregates flow", WAIT, || async {
+        let got = got.event_ids();
+        q.iter().all(|id| got.contains(id)) && got.contains(&ids[0])
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = got.event_ids();
+    assert!(
+        !seen.contains(&ids[1]) && !seen.contains(&ids[2]),
+        "p-1 waits behind its dead letter"
+    );
+    assert!(!seen.contains(&r[0]) && !seen.contains(&r[1]));
+    let list = cli(&env, &["dlq", "list"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(
+        list.contains(&ids[1].to_string()) && list.contains("routing key"),
+        "{list}"
+    );
+    assert!(relay.metrics().await.contains("relay_dead_lettered_total 2"));
+    let stored = rows(&mut conn, "outbox").await;
+    let outbox_id = |e: uuid::Uuid| stored.iter().find(|r| r.event_id == e).unwrap().id.to_string();
+
+    // Fixed by hand, then replayed: p-1 flows again, in order.
+    diesel::sql_query(format!(
+        "UPDATE outbox SET event_type = 'order.placed' WHERE event_id = '{}'",
+        ids[1]
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    cli(&env, &["dlq", "replay", &outbox_id(ids[1])]);
+    // Given up: r-1's first event is never published, its second is.
+    cli(&env, &["dlq", "discard", &outbox_id(r[0])]);
+    wait_until("replayed and unblocked events", WAIT, || async {
+        let got = got.event_ids();
+        got.contains(&ids[1]) && got.contains(&ids[2]) && got.contains(&r[1])
+    })
+    .await;
+    assert!(!got.event_ids().contains(&r[0]));
+    got.check_order().unwrap_err(); // r-1 starts at sequence 2: the discarded event is a known gap.
+    assert_eq!(cli(&env, &["dlq", "list"]).lines().count(), 0);
+    // Order holds for every aggregate but the one whose event was discarded.
+    let mut last = std::collections::HashMap::new();
+    for d in got.all().iter().filter(|d| d.subject != "r-1") {
+        let max = last.entry(d.subject.clone()).or_insert(0);
+        assert!(d.sequence <= *max + 1, "{} out of order", d.subject);
+        *max = (*max).max(d.sequence);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_nacks_are_retried_then_dead_lettered_without_reordering() {
+    let db = TestDatabase::new().await;
+    let mut ex = TestExchange::new().await;
+    let got = ex.consume().await;
+    // A full queue that rejects publishes, bound to one routing key only: the broker nacks
+    // every event of that type and acks the others.
+    let full = format!("{}.full", ex.name);
+    let conn = lapin::Connection::connect(ordering_tests::relay::broker::AMQP_URL, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = lapin::types::FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare(full.as_str().into(), Default::default(), args)
+        .await
+        .unwrap();
+    ch.queue_bind(
+        full.as_str().into(),
+        ex.name.as_str().into(),
+        "order.rejected".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut c = db.conn().await;
+    let n = insert_events(&mut c, "outbox", "n-", 1, 1, 3, 10).await;
+    let others = insert_events(&mut c, "outbox", "o-", 5, 1, 3, 10).await;
+    diesel::sql_query(format!(
+        "UPDATE outbox SET event_type = 'order.rejected' WHERE event_id = '{}'",
+        n[1]
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let env = RelayEnv::new(db.url(), &ex.name).set("RELAY_MAX_ATTEMPTS", "3");
+    let relay = RelayProcess::spawn(&env);
+    wait_until("other aggregates and n-1's first event", WAIT, || async {
+        let got = got.event_ids();
+        others.iter().all(|id| got.contains(id)) && got.contains(&n[0])
+    })
+    .await;
+    wait_until("the refused event to be dead-lettered", WAIT, || async {
+        cli(&env, &["dlq", "list"]).contains(&n[1].to_string())
+    })
+    .await;
+    let list = cli(&env, &["dlq", "list"]);
+    assert!(list.contains("nack") && list.contains("\"attempts\":3"), "{list}");
+    // The refused event may have reached the consumer's queue (a nack says nothing about other
+    // queues), but nothing after it in its aggregate was published.
+    assert!(!got.event_ids().contains(&n[2]));
+    assert!(relay.metrics().await.contains("relay_retries_total"));
+    // The broker accepts it again: replayed, and the aggregate continues in order.
+    ch.queue_delete(full.as_str().into(), Default::default()).await.unwrap();
+    let stored = rows(&mut c, "outbox").await;
+    let id = stored.iter().find(|r| r.event_id == n[1]).unwrap().id.to_string();
+    cli(&env, &["dlq", "replay", &id]);
+    wait_until("the rest of n-1", WAIT, || async { got.event_ids().contains(&n[2]) }).await;
+    got.check_order().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_deletes_only_sent_rows_past_retention() {
+    let db = TestDatabase::new().await;
+    let names = outbox_relay::schema::TableNames::parse("outbox").unwrap();
+    outbox_relay::schema::migrate(db.url(), &names, 16).await.unwrap();
+    let mut conn = db.conn().await;
+    insert_events(&mut conn, "outbox", "old-sent-", 30, 1, 1, 10).await;
+    insert_events(&mut conn, "outbox", "old-unsent-", 5, 1, 1, 10).await;
+    insert_events(&mut conn, "outbox", "new-sent-", 5, 1, 1, 10).await;
+    conn.batch_execute(
+        "UPDATE outbox SET created_at = now() - interval '8 days' WHERE aggregate_id LIKE 'old-%';
+         UPDATE outbox SET sent_at = now() WHERE aggregate_id LIKE '%-sent-%';",
+    )
+    .await
+    .unwrap();
+    let pool = ordering_platform::db::pool(db.url(), 2);
+    let store = outbox_relay::store::Store::new(pool, names, 16);
+    // Batches of 7: several statements, none of them large.
+    let deleted = outbox_relay::store::cleanup(&store, Duration::from_secs(7 * 86_400), 7)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 30);
+    assert_eq!(db.count("outbox").await, 10);
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let left: N = diesel::sql_query("SELECT count(*) AS n FROM outbox WHERE aggregate_id LIKE 'old-sent-%'")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left.n, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_runs_on_its_cron_schedule() {
+    let db = TestDatabase::new().await;
+    let ex = TestExchange::new().await;
+    let mut conn = db.conn().await;
+    insert_events(&mut conn, "outbox", "c-", 10, 1, 2, 10).await;
+    conn.batch_execute("UPDATE outbox SET created_at = now() - interval '2 hours'")
+        .await
+        .unwrap();
+    let env = RelayEnv::new(db.url(), &ex.name)
+        .set("OUTBOX_CLEANUP_CRON", "* * * * * *")
+        .set("OUTBOX_RETENTION", "1h");
+    let _relay = RelayProcess::spawn(&env);
+    // Published, marked sent, then deleted by the next cleanup run.
+    wait_until("sent rows past retention to be deleted", WAIT, || async {
+        db.count("outbox").await == 0
+    })
+    .await;
+    // Rows within retention stay, even once sent.
+    let ids = insert_events(&mut conn, "outbox", "c-", 10, 3, 1, 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(db.count("outbox").await, ids.len() as i64);
+}
