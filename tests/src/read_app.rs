@@ -296,6 +296,9 @@ impl ReadApp {
 impl Drop for ReadApp {
     fn drop(&mut self) {
         self.server.abort();
+        // The projector is stopped before its queues are deleted: left running, it would
+        // see its consumer cancelled, reconnect and declare them again.
+        let service = self.service.take();
         let exchange = self.settings.exchange.clone();
         let queues = vec![
             self.settings.queue.clone(),
@@ -311,6 +314,9 @@ impl Drop for ReadApp {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
+                if let Some(service) = service {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), service.shutdown()).await;
+                }
                 crate::relay::broker::delete(dlx, Vec::new()).await;
                 crate::relay::broker::delete(exchange, queues).await;
                 delete_keys(&redis_url, &prefix).await;
