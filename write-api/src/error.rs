@@ -60,11 +60,31 @@ impl From<DieselError> for ApiError {
             {
                 Self::SkuTaken(String::new())
             }
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+            // A connection that dies mid-command surfaces as "unable to send" (no SQLSTATE); a
+            // server shutting down as a message without a specific kind. Both mean: retry later.
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            )
             | DieselError::BrokenTransactionManager => Self::DatabaseUnavailable(e.to_string()),
+            DieselError::DatabaseError(_, info) if is_unavailable_message(info.message()) => {
+                Self::DatabaseUnavailable(e.to_string())
+            }
             _ => Self::Database(e),
         }
     }
+}
+
+/// Server-side disconnects that diesel reports without a specific kind.
+fn is_unavailable_message(message: &str) -> bool {
+    [
+        "terminating connection",
+        "connection closed",
+        "the database system is",
+        "server closed the connection",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
