@@ -548,6 +548,23 @@ impl Cache {
             self.inner.hits_local.increment(1);
             return Ok((Some(e), Source::Hit));
         }
+        // Boxed: the hot path above keeps the caller's future small.
+        Box::pin(self.view_from_tiers(kind, id, min_version, floor, load)).await
+    }
+
+    /// [`Self::view`] past the in-process tier: Redis, then PostgreSQL, single flight.
+    async fn view_from_tiers<L, Fut>(
+        &self,
+        kind: Kind,
+        id: Uuid,
+        min_version: i64,
+        floor: i64,
+        load: L,
+    ) -> Result<(Option<Entry>, Source), LoadError>
+    where
+        L: Fn() -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<Option<StoredView>, LoadError>> + Send + 'static,
+    {
         let key = self.view_key(kind, id);
         let need = min_version.max(floor);
         let flight = {

@@ -7,11 +7,11 @@
 //! promises:
 //!
 //! - **Each event changes a view exactly once** ([`views`], [`projector`]). Every view row
-//!   stores the version of its aggregate; an event is applied by one guarded upsert that only
-//!   moves a row from `v` to `v + 1`. A duplicate or an older delivery matches nothing and is
-//!   counted; an event from the future (a gap) is held back unacknowledged and retried. The
-//!   projector acknowledges a message only after that statement committed, so crashes cause
-//!   redeliveries, never losses. Poison goes to a dead-letter queue; unknown event types are
+//!   stores the version of its aggregate; events are applied by guarded upserts (set-wise, a
+//!   batch per transaction) that only move a row from `v` to `v + 1`. A duplicate or an older
+//!   delivery matches nothing and is counted; an event from the future (a gap) is held back
+//!   unacknowledged and retried. The projector acknowledges a message only after its
+//!   transaction committed, so crashes cause redeliveries, never losses. Poison goes to a dead-letter queue; unknown event types are
 //!   acknowledged and counted.
 //! - **The cache never shows an older version over a newer one** ([`cache`]). Both tiers
 //!   (in-process and Redis) are written by compare-and-set on the version (a Lua script in
@@ -23,7 +23,7 @@
 //!   and names the degradation.
 //! - **Read your writes** ([`consistency`]). A request with `X-Consistency-Token` registers for
 //!   the announcements of the aggregates it names, then checks the views, then sleeps until
-//!   an announcement (PostgreSQL NOTIFY from the projector's own statement, LISTENed by every
+//!   an announcement (PostgreSQL NOTIFY from the projector's own transaction, LISTENed by every
 //!   instance) makes a re-check worthwhile, up to `CONSISTENCY_WAIT_MS`, then 503
 //!   `not_yet_consistent`. No polling: a waiting request is an idle future.
 //! - **Lists use keyset cursors** ([`cursor`]), signed so they can not be forged or replayed

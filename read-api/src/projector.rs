@@ -1,14 +1,21 @@
 //! The projector: consumes the events and applies them to the views.
 //!
 //! - **Own durable quorum queue** bound to the exchange with `#`, manual acks, a prefetch
-//!   window. A message is acknowledged only after the statement that applied it committed
+//!   window. A message is acknowledged only after the transaction that applied it committed
 //!   (and its cache entries were updated), so a crash at any point means a redelivery, which
 //!   the version guard turns into a counted no-op.
-//! - **Order per aggregate, parallel across aggregates.** Deliveries are routed by aggregate
-//!   id to one of `PROJECTOR_WORKERS` workers, each applying its share in arrival order.
+//! - **Order per aggregate, parallel across aggregates.** Deliveries are routed to one of
+//!   `PROJECTOR_WORKERS` workers by product, or by the order's customer (so one worker owns
+//!   all of a customer's revision bumps); all events of one aggregate go to one worker.
+//! - **Batches.** A worker applies everything waiting in its channel (up to [`MAX_BATCH`]) in
+//!   one transaction: a set-wise statement per aggregate type and round, the events of one
+//!   aggregate in version order ([`apply_all`]), and one notification naming the version
+//!   each aggregate reached (split only if it outgrows PostgreSQL's payload limit). Then the
+//!   cache writes (all in flight at once) and the acknowledgements. Commits, and with them
+//!   the serialised NOTIFY commits, are per batch instead of per event.
 //! - **Gaps** (an event whose predecessor is not applied yet, e.g. it went to another
-//!   instance consuming the same queue) are held back, unacknowledged, and retried when a
-//!   later delivery of that aggregate arrives or on a short timer; they are counted.
+//!   instance consuming the same queue) are held back, unacknowledged, and retried with the
+//!   next delivery of that aggregate or on a short timer; they are counted once.
 //! - **Poison** (a body that is not a well-formed event of a known type) is rejected without
 //!   requeue, so the broker dead-letters it to `<queue>.dead`; the queue never blocks.
 //!   Events of an unknown `type` or `aggregatetype` are acknowledged and counted.

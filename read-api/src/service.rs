@@ -86,7 +86,7 @@ impl Service {
         if let Some(p) = &projector {
             tasks.push(tokio::spawn(p.clone().run(stop.clone())));
         }
-        let state = AppState {
+        let state = AppState::new(crate::app::Shared {
             pool,
             cache,
             hub,
@@ -94,7 +94,7 @@ impl Service {
             cursors: Cursors::new(&settings.cursor_secret),
             consistency_wait: settings.consistency_wait,
             broker_connected: projector.as_ref().map(Projector::connected_flag),
-        };
+        });
         Ok(Self {
             state,
             projector,

@@ -13,3 +13,6 @@ pub mod consistency;
 pub mod events;
 pub mod migrate;
 pub mod schema;
+
+#[cfg(test)]
+mod proptests;

@@ -2,6 +2,7 @@
 //! test (a database cloned from a migrated template, unique exchange/queue names, a Redis key
 //! prefix), and helpers to run the services in-process or as child processes.
 
+pub mod pipeline;
 pub mod process;
 pub mod read_app;
 pub mod relay;

@@ -59,12 +59,78 @@ fn api() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the write-api.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().into_openapi()
+    let mut doc = api().into_openapi();
+    document_problems(&mut doc);
+    doc
+}
+
+/// The media type of every error answer (CONTRACT.md, "Errors").
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Makes the document say what every command really answers on failure: errors are
+/// `application/problem+json` (the annotations' `body = Problem` would say `application/json`),
+/// and the answers any command can give whatever its handler (malformed headers or JSON,
+/// authentication, body framing, validation, an internal error, a timeout or an unavailable
+/// database; for commands on an `{id}`, an unknown id and a failed `If-Match`) are listed on
+/// every operation.
+fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let common = [
+        ("400", "malformed JSON or a malformed If-Match / Idempotency-Key header"),
+        ("401", "missing, expired or badly signed token"),
+        ("403", "the caller may not do this"),
+        ("413", "body over 64 KiB"),
+        ("415", "body not sent as application/json"),
+        ("422", "invalid fields, or an Idempotency-Key reused with another body"),
+        ("500", "internal error: answered with an error id only"),
+        ("503", "the database is unavailable or the request timed out; retry"),
+    ];
+    let on_id = [
+        ("404", "no such aggregate"),
+        ("412", "If-Match does not match the version"),
+    ];
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            let responses = &mut op.responses.responses;
+            for (status, response) in responses.iter_mut() {
+                if (status.starts_with('4') || status.starts_with('5'))
+                    && let RefOr::T(response) = response
+                    && let Some(content) = response.content.shift_remove("application/json")
+                {
+                    response.content.insert(PROBLEM_JSON.to_owned(), content);
+                }
+            }
+            let extra = common.iter().chain(on_id.iter().filter(|_| path.contains("{id}")));
+            for (status, description) in extra {
+                responses.entry((*status).to_owned()).or_insert_with(|| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description(*description)
+                            .content(
+                                PROBLEM_JSON,
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("Problem")))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                });
+            }
+        }
+    }
 }
 
 /// The whole HTTP application: commands, `/openapi.json`, ops endpoints, middleware.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
-    let (commands, doc) = api().split_for_parts();
+    let (commands, mut doc) = api().split_for_parts();
+    document_problems(&mut doc);
     let doc = Arc::new(doc);
     let pool = state.pool.clone();
     let readiness: ReadinessCheck = Arc::new(move || {

@@ -1,18 +1,28 @@
 //! The middleware every service puts around its router, outermost first:
 //! request id (set or kept, echoed back) → tracing span with request id and W3C trace id →
-//! metrics by route and status → panic → problem 500 → request timeout → concurrency limit.
+//! metrics by route and status, and bare errors as problems → panic → problem 500 → request
+//! timeout → concurrency limit.
+//!
+//! Every request goes through all of it, so it is kept cheap: ids come from a thread-local
+//! CSPRNG (not a system call per id), the span's fields are only computed when the span is
+//! enabled, and the metric handles of each (route, method, status) are looked up once per
+//! thread instead of being rebuilt from freshly allocated label strings on every request.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -41,14 +51,17 @@ impl Default for HttpLimits {
 
 /// Wraps `router` in the common middleware.
 pub fn wrap(router: Router, limits: HttpLimits) -> Router {
+    // The recorder must be in place before the first request looks up its metric handles.
+    let _ = crate::http::ops::metrics_handle();
     router.layer(
         ServiceBuilder::new()
-            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(TraceLayer::new_for_http().make_span_with(make_span).on_failure(()))
-            .layer(middleware::from_fn(record_metrics))
+            // Metrics and problem bodies in one service; it sits outside the panic catcher,
+            // so a panic is counted as the 500 it becomes (its body is already a problem).
+            .layer(OutcomeLayer)
             .layer(CatchPanicLayer::custom(panic_to_problem))
-            .layer(middleware::from_fn(bare_errors_as_problems))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::SERVICE_UNAVAILABLE,
                 limits.request_timeout,
@@ -57,20 +70,42 @@ pub fn wrap(router: Router, limits: HttpLimits) -> Router {
     )
 }
 
-fn make_span(req: &Request) -> tracing::Span {
-    let request_id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let trace_id = req
-        .headers()
+/// A random (version 4) UUID from the thread's CSPRNG.
+fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
+/// Request ids: random UUIDs, as `MakeRequestUuid` makes them, without a system call each.
+#[derive(Clone, Copy, Debug)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id = random_uuid().hyphenated().encode_lower(&mut buf);
+        HeaderValue::from_str(id).ok().map(RequestId::new)
+    }
+}
+
+/// The request's trace id: the one of its `traceparent`, or a new one.
+fn trace_id(req: &Request) -> String {
+    req.headers()
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(trace_id_of)
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id, trace_id)
+        .unwrap_or_else(|| random_uuid().simple().to_string())
+}
+
+fn make_span(req: &Request) -> tracing::Span {
+    // The field expressions are only evaluated when the span is enabled.
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        uri = %req.uri().path(),
+        request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
+        trace_id = trace_id(req),
+    )
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
@@ -85,29 +120,98 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     }
 }
 
-async fn record_metrics(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let res = next.run(req).await;
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", res.status().as_u16().to_string()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
-    res
+/// `http_requests_total` and `http_request_duration_seconds` of one (route, method, status).
+struct Handles {
+    method: Method,
+    status: StatusCode,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+thread_local! {
+    /// Per route, the handles of the (method, status) pairs seen on this thread.
+    static HANDLES: RefCell<HashMap<Box<str>, Vec<Handles>>> = RefCell::new(HashMap::new());
+}
+
+/// Counts a request and records its duration, by method, route and status.
+fn record(method: &Method, route: &str, status: StatusCode, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    HANDLES.with(|cell| {
+        let mut handles = cell.borrow_mut();
+        if let Some(h) = handles
+            .get(route)
+            .and_then(|list| list.iter().find(|h| h.status == status && h.method == *method))
+        {
+            h.requests.increment(1);
+            h.duration.record(seconds);
+            return;
+        }
+        let labels = [
+            ("method", method.as_str().to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.as_str().to_owned()),
+        ];
+        let h = Handles {
+            method: method.clone(),
+            status,
+            requests: metrics::counter!("http_requests_total", &labels),
+            duration: metrics::histogram!("http_request_duration_seconds", &labels),
+        };
+        h.requests.increment(1);
+        h.duration.record(seconds);
+        handles.entry(route.into()).or_default().push(h);
+    });
+}
+
+/// Records metrics and gives bare errors their problem body (see [`wrap`]).
+#[derive(Clone, Copy, Debug)]
+struct OutcomeLayer;
+
+impl<S> Layer<S> for OutcomeLayer {
+    type Service = OutcomeService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        OutcomeService { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct OutcomeService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request> for OutcomeService<S>
+where
+    S: Service<Request, Response = axum::http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let res = bare_error_as_problem(response.await?.map(axum::body::Body::new));
+            let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            record(&method, route, res.status(), start.elapsed());
+            Ok(res)
+        })
+    }
 }
 
 /// Errors made by the framework rather than by our handlers (no route, wrong method, the
 /// timeout's 503) come with an empty body: give them the problem body every error has.
-async fn bare_errors_as_problems(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+fn bare_error_as_problem(res: Response) -> Response {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) || res.headers().contains_key(header::CONTENT_TYPE) {
         return res;

@@ -43,7 +43,8 @@ pub fn consistency_marks(headers: &HeaderMap) -> Result<Option<Vec<VersionMark>>
 /// Waits until the views reflect every mark of the request's token (if any).
 pub async fn await_consistency(app: &AppState, marks: Option<&[VersionMark]>) -> Result<(), ReadError> {
     match marks {
-        Some(m) if !m.is_empty() => Ok(app.hub.wait_for(&app.pool, m, app.consistency_wait).await?),
+        // Boxed: most requests carry no token, and their futures stay small.
+        Some(m) if !m.is_empty() => Ok(Box::pin(app.hub.wait_for(&app.pool, m, app.consistency_wait)).await?),
         _ => Ok(()),
     }
 }

@@ -1,6 +1,6 @@
 //! `GET /v1/products/{id}` and `GET /v1/products`.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use ordering_platform::problem::Problem;
@@ -32,9 +32,11 @@ use crate::views::{self, ProductFilter, ProductKey, ProductSort};
 pub async fn get_product(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ReadError> {
-    let marks = consistency_marks(&headers)?;
+    // The headers are read in place (a `HeaderMap` argument would be a copy).
+    let headers = request.headers();
+    let marks = consistency_marks(headers)?;
     let id = path_id(&id, "product")?;
     await_consistency(&app, marks.as_deref()).await?;
     let min_version = marks
@@ -56,7 +58,7 @@ pub async fn get_product(
     };
     let (entry, source) = app.cache.view(Kind::Product, id, min_version, load).await?;
     let entry = entry.ok_or(ReadError::NotFound("product"))?;
-    Ok(answer(&headers, entry.body, entry.etag, source))
+    Ok(answer(headers, entry.body, entry.etag, source))
 }
 
 /// Query parameters of `GET /v1/products`.

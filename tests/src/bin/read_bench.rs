@@ -3,11 +3,15 @@
 //! - cached `GET /v1/products/{id}` (in-process tier + Redis), and Redis only (no in-process
 //!   tier), as req/s and p99;
 //! - the same GET with Redis down (in-process tier on, and off: straight from PostgreSQL);
-//! - the projector's events/s (N events published to the exchange, timed until applied).
+//! - the projector's events/s: N events published to the exchange while it consumes, timed
+//!   until applied (bounded by the publishing); the same N queued first, then drained (its
+//!   own ceiling); and a mixed backlog (several versions per aggregate, orders, duplicates,
+//!   swapped neighbours) drained and checked.
 //!
 //! Load comes from `wrk` (64 connections, 2 threads) when installed.
 //! Usage: `cargo run --release -p ordering-tests --bin read-bench [seconds] [http|projector]`
-//! (both parts unless one is named).
+//! (both parts unless one is named). `READ_BENCH_LOGS=1` installs the services' log subscriber
+//! (`RUST_LOG`, default `info`), as the binaries run, so per-request spans are live.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,13 +23,30 @@ use ordering_tests::read_app::{ReadApp, ReadOptions, product, product_event};
 struct Figure {
     rps: f64,
     p99_ms: f64,
+    /// CPU time (user + system) this process (the servers) spent per request: less
+    /// sensitive than req/s to other load on the machine.
+    cpu_us: f64,
+}
+
+/// User + system CPU seconds of this process so far (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // Clock ticks are 1/100 s on Linux.
+    f.get(11).zip(f.get(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
 fn wrk(url: &str, secs: u64) -> anyhow::Result<Figure> {
+    let cpu_before = cpu_seconds();
     let out = Command::new("wrk")
         .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
         .output()
         .map_err(|e| anyhow::anyhow!("wrk not runnable ({e}); apt-get install -y wrk"))?;
+    let cpu = cpu_seconds() - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout);
     let rps = text
         .lines()
@@ -42,7 +63,17 @@ fn wrk(url: &str, secs: u64) -> anyhow::Result<Figure> {
     if text.contains("Non-2xx") {
         anyhow::bail!("non-2xx answers during the run: {text}");
     }
-    Ok(Figure { rps, p99_ms: p99 })
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok(Figure {
+        rps,
+        p99_ms: p99,
+        cpu_us: cpu * 1e6 / requests,
+    })
 }
 
 fn parse_latency(s: &str) -> f64 {
@@ -107,6 +138,11 @@ async fn product_app(opts: ReadOptions, local_tier: bool) -> anyhow::Result<(Rea
 async fn main() -> anyhow::Result<()> {
     let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(8);
     let only = std::env::args().nth(2);
+    if std::env::var_os("READ_BENCH_LOGS").is_some() {
+        // As the binaries run: the global subscriber (RUST_LOG, default info), so every
+        // request's span is live.
+        ordering_platform::telemetry::init()?;
+    }
     if only.as_deref() != Some("projector") {
         http(secs).await?;
     }
@@ -127,14 +163,15 @@ async fn http(secs: u64) -> anyhow::Result<()> {
     println!("product view: {size} bytes; wrk -t2 -c64 -d{secs}s");
     let ceiling = wrk(&format!("http://{bare}/fixed"), secs)?;
     println!(
-        "minimal axum, fixed body          {:>9.0} req/s  p99 {:>6.2} ms",
-        ceiling.rps, ceiling.p99_ms
+        "minimal axum, fixed body           {:>9.0} req/s  p99 {:>6.2} ms  {:>5.1} us CPU/req",
+        ceiling.rps, ceiling.p99_ms, ceiling.cpu_us
     );
     let c = wrk(&cached_url, secs)?;
     println!(
-        "GET product, cached (local+Redis)  {:>9.0} req/s  p99 {:>6.2} ms  = {:.0}% of minimal axum (target >= 70%)",
+        "GET product, cached (local+Redis)  {:>9.0} req/s  p99 {:>6.2} ms  {:>5.1} us CPU/req  = {:.0}% of minimal axum (target >= 70%)",
         c.rps,
         c.p99_ms,
+        c.cpu_us,
         100.0 * c.rps / ceiling.rps
     );
     drop(cached);
@@ -142,9 +179,10 @@ async fn http(secs: u64) -> anyhow::Result<()> {
     let (redis_only, url, _) = product_app(ReadOptions::default(), false).await?;
     let r = wrk(&url, secs)?;
     println!(
-        "GET product, Redis tier only       {:>9.0} req/s  p99 {:>6.2} ms  = {:.0}% of minimal axum",
+        "GET product, Redis tier only       {:>9.0} req/s  p99 {:>6.2} ms  {:>5.1} us CPU/req  = {:.0}% of minimal axum",
         r.rps,
         r.p99_ms,
+        r.cpu_us,
         100.0 * r.rps / ceiling.rps
     );
     drop(redis_only);
@@ -156,18 +194,20 @@ async fn http(secs: u64) -> anyhow::Result<()> {
     let (redis_down, url, _) = product_app(down.clone(), true).await?;
     let d = wrk(&url, secs)?;
     println!(
-        "GET product, Redis down            {:>9.0} req/s  p99 {:>6.2} ms  = {:.0}% of cached (target >= 30%)",
+        "GET product, Redis down            {:>9.0} req/s  p99 {:>6.2} ms  {:>5.1} us CPU/req  = {:.0}% of cached (target >= 30%)",
         d.rps,
         d.p99_ms,
+        d.cpu_us,
         100.0 * d.rps / c.rps
     );
     drop(redis_down);
     let (pg_only, url, _) = product_app(down, false).await?;
     let g = wrk(&url, secs)?;
     println!(
-        "GET product, Redis down, no local  {:>9.0} req/s  p99 {:>6.2} ms  = {:.0}% of cached (every read from PostgreSQL)",
+        "GET product, Redis down, no local  {:>9.0} req/s  p99 {:>6.2} ms  {:>5.1} us CPU/req  = {:.0}% of cached (every read from PostgreSQL)",
         g.rps,
         g.p99_ms,
+        g.cpu_us,
         100.0 * g.rps / c.rps
     );
     drop(pg_only);
@@ -223,25 +263,44 @@ async fn wait_for_rows(app: &ReadApp, n: i64) {
 }
 
 /// A read-api whose projector runs with the service's default prefetch and workers (the
-/// test harness uses its own); `consuming` false: stopped, its queue declared.
+/// test harness uses its own), or `PROJECTOR_PREFETCH` / `PROJECTOR_WORKERS` if set;
+/// `consuming` false: stopped, its queue declared.
 async fn projector_app(consuming: bool) -> anyhow::Result<ReadApp> {
     let mut app = ReadApp::start_with(ReadOptions::default()).await;
     app.stop().await;
-    app.settings.prefetch = read_api::settings::DEFAULT_PREFETCH;
-    app.settings.workers = read_api::settings::DEFAULT_WORKERS;
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    app.settings.prefetch = env("PROJECTOR_PREFETCH").unwrap_or(read_api::settings::DEFAULT_PREFETCH);
+    app.settings.workers = env("PROJECTOR_WORKERS").map_or(read_api::settings::DEFAULT_WORKERS, |w: u16| w.into());
     if consuming {
         start_projector(&mut app).await?;
     }
     Ok(app)
 }
 
+/// Starts the service (projector and HTTP) of a stopped `app`.
 async fn start_projector(app: &mut ReadApp) -> anyhow::Result<()> {
     let service = read_api::Service::start(&app.settings).await?;
+    let router = service.router(&app.settings);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    app.addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
     while !service.projector.as_ref().is_some_and(|p| p.connected()) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     app.service = Some(service);
     Ok(())
+}
+
+/// The sum of a counter's series in the process-wide registry (all apps of this process).
+fn counter(name: &str) -> f64 {
+    ordering_platform::http::ops::metrics_handle()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn events(n: usize, tag: &str) -> Vec<Vec<u8>> {
@@ -286,6 +345,96 @@ async fn projector() -> anyhow::Result<()> {
         n as f64 / drained.as_secs_f64(),
         app.settings.prefetch,
         app.settings.workers
+    );
+    drop(app);
+    mixed().await
+}
+
+/// A queued backlog of the harder kind, drained and then checked: several versions of each
+/// product and order (so batches hold more than one event of an aggregate), orders of a few
+/// customers, every tenth event delivered twice, and neighbours swapped now and then (so the
+/// later version arrives first: a gap, held until its predecessor comes).
+async fn mixed() -> anyhow::Result<()> {
+    use ordering_schema::events::OrderStatus;
+    use ordering_tests::read_app::{next_order, next_product, order, order_event};
+    let (products, versions, orders, customers) = (2_000, 5, 1_000, 100);
+    let mut app = projector_app(false).await?;
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    let mut heads = Vec::new();
+    for i in 0..products {
+        let mut p = product(&format!("M-{i}"), "Mixed", "m", 100, 0);
+        heads.push(p.clone());
+        bodies.push(serde_json::to_vec(&product_event(&p))?);
+        for _ in 1..versions {
+            p = next_product(&p, |p| p.stock += 1);
+            bodies.push(serde_json::to_vec(&product_event(&p))?);
+        }
+    }
+    let buyers: Vec<uuid::Uuid> = (0..customers).map(|_| uuid::Uuid::now_v7()).collect();
+    for i in 0..orders {
+        let placed = order(buyers[i % customers], &[(&heads[i % products], 1)], chrono::Utc::now());
+        let paid = next_order(&placed, OrderStatus::Paid);
+        let shipped = next_order(&paid, OrderStatus::Shipped);
+        for o in [&placed, &paid, &shipped] {
+            bodies.push(serde_json::to_vec(&order_event(o))?);
+        }
+    }
+    // Interleave the aggregates, then disturb the order.
+    let mut queue: Vec<Vec<u8>> = Vec::with_capacity(bodies.len() * 11 / 10);
+    let stride = 97;
+    for start in 0..stride {
+        queue.extend(bodies.iter().skip(start).step_by(stride).cloned());
+    }
+    for i in (0..queue.len().saturating_sub(1)).step_by(13) {
+        queue.swap(i, i + 1);
+    }
+    let duplicates: Vec<Vec<u8>> = queue.iter().step_by(10).cloned().collect();
+    queue.extend(duplicates);
+    let total = queue.len();
+    publish_all(&app.settings.exchange, &queue).await?;
+    let (dups_before, gaps_before) = (
+        counter("read_events_duplicates_ignored_total"),
+        counter("read_events_gaps_held_total"),
+    );
+    let started = Instant::now();
+    start_projector(&mut app).await?;
+    let want_revisions = (orders * 3) as i64;
+    let check = "SELECT (SELECT count(*) FROM rv_products WHERE version = 5 AND stock = 4) AS p,
+                        (SELECT count(*) FROM rv_orders WHERE version = 3 AND status = 'shipped'
+                            AND jsonb_array_length(doc -> 'history') = 3) AS o,
+                        (SELECT coalesce(sum(revision), 0)::bigint FROM rv_customers) AS r";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let row = &app.query_json(check).await[0];
+        let done = (row["p"].as_i64(), row["o"].as_i64(), row["r"].as_i64());
+        // Every extra copy is ignored and counted once.
+        let ignored = counter("read_events_duplicates_ignored_total") - dups_before;
+        if done == (Some(products as i64), Some(orders as i64), Some(want_revisions))
+            && ignored as usize >= total - bodies.len()
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "mixed backlog not applied correctly: {row}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = started.elapsed();
+    // The cache holds the last versions too.
+    for p in heads.iter().take(20) {
+        let body: serde_json::Value = reqwest::get(app.url(&format!("/v1/products/{}", p.id)))
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(body["version"] == 5, "cached an older version: {body}");
+    }
+    println!(
+        "projector, mixed backlog: {total} events ({products} products x {versions} versions, {orders} orders x 3, \
+         {} duplicates, some swapped) applied and checked in {:.2} s: {:.0} events/s \
+         (duplicates ignored {}, gaps held {})",
+        total - bodies.len(),
+        drained.as_secs_f64(),
+        total as f64 / drained.as_secs_f64(),
+        counter("read_events_duplicates_ignored_total") - dups_before,
+        counter("read_events_gaps_held_total") - gaps_before,
     );
     Ok(())
 }

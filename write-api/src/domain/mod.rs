@@ -24,6 +24,8 @@
 pub mod error;
 pub mod order;
 pub mod product;
+#[cfg(test)]
+mod proptests;
 pub mod values;
 
 pub use error::{DomainError, FieldError, Recorded};
