@@ -1,4 +1,4 @@
-//! The whole pipeline as child processes, for the end-to-end fault tests (`tests/tests/e2e_*.rs`):
+//! The whole pipeline as child processes, for the end-to-end fault tests (`tests/tests/e2e/`):
 //! write-api, two outbox-relays and read-api on free ports, each test with its own write and
 //! read databases, exchange / stream / projector queue (`test.<uuid>...`) and Redis prefix, and
 //! a [`ChaosProxy`] in front of PostgreSQL, RabbitMQ and Redis that a test cuts, slows and

@@ -117,7 +117,7 @@ pub fn customer_token(id: Uuid) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers for the write-api integration tests (tests/tests/write_api_*.rs).
+// Helpers for the write-api integration tests (tests/tests/write_api/).
 
 /// A whole HTTP answer: status, headers, text and (when it is JSON) the parsed body.
 #[derive(Debug, Clone)]

@@ -1,0 +1,9 @@
+//! outbox-relay integration tests: delivery, ordering, failures and dead letters (real PostgreSQL
+//! and RabbitMQ).
+//!
+//! One test binary per area, not one per file: each binary links the whole dependency set, so
+//! fewer binaries build faster and take a fraction of the disk.
+
+mod dead_letters;
+mod delivery;
+mod failures;
