@@ -109,7 +109,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
     ordering_platform::http::ops::metrics_handle();
     let listener = ordering_platform::http::bind("RELAY_ADDR", s.addr).await?;
     migrate_with_retry(&s).await?;
-    let pool = ordering_platform::db::pool(&s.database_url, 8);
+    let pool = ordering_platform::db::pool(&s.database_url, 8, None);
     let store = Store::new(pool.clone(), s.table.clone(), s.partitions);
     let owner = uuid::Uuid::new_v4();
     let leases = Arc::new(leases::Leases::new(owner, s.partitions));

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use diesel_async::AsyncPgConnection;
+use diesel::ConnectionError;
 use diesel_async::RunQueryDsl;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
 /// A pool of async PostgreSQL connections.
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -14,12 +15,29 @@ pub type PgConn = Object<AsyncPgConnection>;
 
 /// Builds a pool of at most `max_size` connections. Waiting for a connection and opening one
 /// are both bounded, so a database that is gone turns into a quick error, not a hung request.
-pub fn pool(url: &str, max_size: usize) -> PgPool {
+///
+/// With a `statement_timeout`, every connection is opened with that PostgreSQL setting: no
+/// statement (a lock wait included) runs longer, so work whose request was already given up
+/// on is cancelled by the server instead of finishing unseen.
+pub fn pool(url: &str, max_size: usize, statement_timeout: Option<Duration>) -> PgPool {
     // Fast recycling: checking a connection with a query on every checkout would add a round
     // trip to every request; a dead connection fails its first query instead, is answered
     // as "database unavailable" and is not returned to the pool.
     let mut config = ManagerConfig::default();
     config.recycling_method = RecyclingMethod::Fast;
+    if let Some(timeout) = statement_timeout {
+        let set = format!("SET statement_timeout = {}", timeout.as_millis().max(1));
+        config.custom_setup = Box::new(move |url| {
+            let set = set.clone();
+            Box::pin(async move {
+                let mut conn = AsyncPgConnection::establish(url).await?;
+                conn.batch_execute(&set)
+                    .await
+                    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            })
+        });
+    }
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager)
         .max_size(max_size)

@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use ordering_platform::http::layers::{self, HttpLimits};
+use ordering_platform::http::openapi::{self, BearerAuth};
 use ordering_platform::http::ops::{self, DependencyState, ReadinessCheck};
 use ordering_platform::problem::{FieldProblem, Problem};
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -27,23 +26,6 @@ use crate::http::{customers, orders, products};
 )]
 struct ApiDoc;
 
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(products::list_products))
@@ -55,16 +37,37 @@ fn api() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the read-api.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().into_openapi()
+    let mut doc = api().into_openapi();
+    document_problems(&mut doc);
+    doc
+}
+
+/// Error answers any query can give whatever its handler: a malformed header (token,
+/// `X-Consistency-Token`), authentication, an internal error, and the views being unavailable
+/// or not yet consistent with the given token; for an `{id}`, an unknown id.
+fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
+    openapi::document_problems(
+        doc,
+        &[
+            ("400", "a malformed header (X-Consistency-Token, If-None-Match)"),
+            ("401", "missing, expired or badly signed token"),
+            ("500", "internal error: answered with an error id only"),
+            (
+                "503",
+                "the views are unavailable, the request timed out, or they do not reflect the X-Consistency-Token yet; retry",
+            ),
+        ],
+        &[("404", "no such view, or another customer's")],
+    );
 }
 
 /// The whole HTTP application: queries, `/openapi.json`, ops endpoints, middleware.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
-    let (queries, doc) = api().split_for_parts();
-    let doc = Arc::new(doc);
+    let (queries, mut doc) = api().split_for_parts();
+    document_problems(&mut doc);
     let readiness = readiness(&state);
     let app = queries
-        .route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .route("/openapi.json", openapi::serve(&doc))
         .with_state(state)
         .merge(ops::router(readiness));
     layers::wrap(app, limits)

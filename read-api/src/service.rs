@@ -42,7 +42,7 @@ impl Service {
         if !applied.is_empty() {
             tracing::info!(?applied, "view migrations applied");
         }
-        let pool = db::pool(&settings.database_url, settings.pool_size);
+        let pool = db::pool(&settings.database_url, settings.pool_size, None);
         let cache = Cache::new(
             &settings.redis_url,
             &settings.redis_key_prefix,

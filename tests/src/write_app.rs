@@ -29,13 +29,15 @@ impl WriteApp {
     }
 
     pub async fn start_with_pool(pool_size: usize) -> Self {
+        Self::start_with(pool_size, HttpLimits::default()).await
+    }
+
+    /// Starts a write-api on a fresh database, with a pool of `pool_size` connections, serving
+    /// with `limits`.
+    pub async fn start_with(pool_size: usize, limits: HttpLimits) -> Self {
         let db = TestDatabase::new().await;
-        let pool = ordering_platform::db::pool(db.url(), pool_size);
-        let state = AppState {
-            pool,
-            auth: Authenticator::hs256(SECRET.as_bytes()),
-        };
-        let app = write_api::router(state, HttpLimits::default());
+        let state = AppState::new(db.url(), pool_size, Authenticator::hs256(SECRET.as_bytes()), &limits);
+        let app = write_api::router(state, limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move {

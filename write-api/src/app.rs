@@ -1,18 +1,55 @@
 //! The application state shared by handlers.
 
+use std::time::Duration;
+
 use axum::extract::FromRef;
 use ordering_platform::auth::Authenticator;
-use ordering_platform::db::PgPool;
+use ordering_platform::db::{self, PgPool};
+use ordering_platform::http::layers::HttpLimits;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub auth: Authenticator,
+    /// How long a command's transaction may take before it is rolled back: a little under the
+    /// request timeout, so a client answered "503 timeout" can rely on nothing having been
+    /// written (see [`crate::commands::execute`]).
+    pub command_budget: Duration,
+}
+
+impl AppState {
+    /// The state for a write-api serving with `limits`, with a pool of `pool_size` connections
+    /// whose statements are cancelled by PostgreSQL after the command budget.
+    pub fn new(database_url: &str, pool_size: usize, auth: Authenticator, limits: &HttpLimits) -> Self {
+        let command_budget = command_budget(limits.request_timeout);
+        Self {
+            pool: db::pool(database_url, pool_size, Some(command_budget)),
+            auth,
+            command_budget,
+        }
+    }
+}
+
+/// The request timeout less a margin for answering and committing: a fifth of it, at most 1 s.
+fn command_budget(request_timeout: Duration) -> Duration {
+    request_timeout - (request_timeout / 5).min(Duration::from_secs(1))
 }
 
 impl FromRef<AppState> for Authenticator {
     fn from_ref(state: &AppState) -> Self {
         state.auth.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_leaves_a_margin_before_the_request_timeout() {
+        assert_eq!(command_budget(Duration::from_secs(10)), Duration::from_secs(9));
+        assert_eq!(command_budget(Duration::from_secs(1)), Duration::from_millis(800));
+        assert_eq!(command_budget(Duration::from_millis(50)), Duration::from_millis(40));
     }
 }

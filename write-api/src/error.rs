@@ -35,6 +35,9 @@ pub enum ApiError {
     Problem(Problem),
     #[error("the database is unavailable: {0}")]
     DatabaseUnavailable(String),
+    /// The command's budget ran out (see [`crate::commands::execute`]); nothing was written.
+    #[error("the command took too long and was rolled back")]
+    TimedOut,
     #[error("database error: {0}")]
     Database(DieselError),
 }
@@ -70,6 +73,12 @@ impl From<DieselError> for ApiError {
             DieselError::DatabaseError(_, info) if is_unavailable_message(info.message()) => {
                 Self::DatabaseUnavailable(e.to_string())
             }
+            // The pool's statement_timeout (SQLSTATE 57014, which diesel reports without a kind).
+            DieselError::DatabaseError(_, info)
+                if info.message().contains("canceling statement due to statement timeout") =>
+            {
+                Self::TimedOut
+            }
             _ => Self::Database(e),
         }
     }
@@ -96,7 +105,7 @@ impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
 impl ApiError {
     /// Whether the client caused this (4xx): such answers are final and may be remembered.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, Self::DatabaseUnavailable(_) | Self::Database(_))
+        !matches!(self, Self::DatabaseUnavailable(_) | Self::TimedOut | Self::Database(_))
             && !matches!(self, Self::Problem(p) if p.status >= 500)
     }
 
@@ -138,6 +147,12 @@ impl ApiError {
                 tracing::warn!(error = %e, "database unavailable");
                 Problem::unavailable("the database is unavailable; retry shortly")
             }
+            Self::TimedOut => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the command took too long and was rolled back; nothing was written, so it is safe to retry",
+            )
+            .with_retry_after(1),
             Self::Database(e) => Problem::internal(e),
         }
     }

@@ -1,7 +1,7 @@
 //! `write-api [serve]` runs the service (applying pending migrations first);
 //! `write-api migrate` only applies them.
 
-use ordering_platform::{db, http, settings::SettingError, shutdown, telemetry};
+use ordering_platform::{http, settings::SettingError, shutdown, telemetry};
 use ordering_schema::migrate;
 use write_api::{AppState, Settings};
 
@@ -40,18 +40,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = http::bind("WRITE_API_ADDR", settings.addr)
         .await
         .unwrap_or_else(|e: SettingError| e.exit());
-    let pool = db::pool(&settings.database_url, settings.pool_size);
+    let state = AppState::new(
+        &settings.database_url,
+        settings.pool_size,
+        settings.auth.clone(),
+        &settings.limits,
+    );
     tokio::spawn(write_api::expire_idempotency_keys(
-        pool.clone(),
+        state.pool.clone(),
         settings.idempotency_ttl,
     ));
-    let app = write_api::router(
-        AppState {
-            pool,
-            auth: settings.auth.clone(),
-        },
-        settings.limits,
-    );
+    let app = write_api::router(state, settings.limits);
     http::serve(listener, app, shutdown::signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod layers;
+pub mod openapi;
 pub mod ops;
 
 use std::net::SocketAddr;

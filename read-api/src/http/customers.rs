@@ -49,7 +49,7 @@ pub struct OrderListParams {
 /// Lists a customer's orders, newest first (keyset cursors).
 #[utoipa::path(
     get, path = "/v1/customers/{customer_id}/orders", tag = "customers",
-    params(("customer_id" = String, Path), OrderListParams, ("X-Consistency-Token" = Option<String>, Header), ("If-None-Match" = Option<String>, Header)),
+    params(("customer_id" = uuid::Uuid, Path, description = "the customer's id (anything but a UUID is 404)"), OrderListParams, ("X-Consistency-Token" = Option<String>, Header), ("If-None-Match" = Option<String>, Header)),
     responses(
         (status = 200, body = OrderPage, headers(("ETag" = String), ("X-Cache" = String))),
         (status = 304), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem),
@@ -139,7 +139,7 @@ pub async fn list_orders(
 /// A customer's summary: order counts, money spent per currency, last order time.
 #[utoipa::path(
     get, path = "/v1/customers/{customer_id}/summary", tag = "customers",
-    params(("customer_id" = String, Path), ("X-Consistency-Token" = Option<String>, Header), ("If-None-Match" = Option<String>, Header)),
+    params(("customer_id" = uuid::Uuid, Path, description = "the customer's id (anything but a UUID is 404)"), ("X-Consistency-Token" = Option<String>, Header), ("If-None-Match" = Option<String>, Header)),
     responses(
         (status = 200, body = CustomerSummary, headers(("ETag" = String), ("X-Cache" = String))),
         (status = 304), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem),

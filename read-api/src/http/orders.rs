@@ -18,7 +18,7 @@ use crate::views;
 #[utoipa::path(
     get, path = "/v1/orders/{id}", tag = "orders",
     params(
-        ("id" = String, Path),
+        ("id" = uuid::Uuid, Path, description = "the order's id (anything but a UUID is 404)"),
         ("X-Consistency-Token" = Option<String>, Header),
         ("If-None-Match" = Option<String>, Header),
     ),

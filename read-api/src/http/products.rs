@@ -20,7 +20,7 @@ use crate::views::{self, ProductFilter, ProductKey, ProductSort};
 #[utoipa::path(
     get, path = "/v1/products/{id}", tag = "catalog",
     params(
-        ("id" = String, Path, description = "the product's id (anything but a UUID is 404)"),
+        ("id" = uuid::Uuid, Path, description = "the product's id (anything but a UUID is 404)"),
         ("X-Consistency-Token" = Option<String>, Header, description = "wait until the views reflect this command"),
         ("If-None-Match" = Option<String>, Header),
     ),

@@ -176,7 +176,7 @@ async fn cleanup_deletes_only_sent_rows_past_retention() {
     )
     .await
     .unwrap();
-    let pool = ordering_platform::db::pool(db.url(), 2);
+    let pool = ordering_platform::db::pool(db.url(), 2, None);
     let store = outbox_relay::store::Store::new(pool, names, 16);
     // Batches of 7: several statements, none of them large.
     let deleted = outbox_relay::store::cleanup(&store, Duration::from_secs(7 * 86_400), 7)

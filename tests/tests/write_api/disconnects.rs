@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures::future::join_all;
+use ordering_platform::http::layers::HttpLimits;
 use ordering_tests::write_app::{WriteApp, admin_token, answer, customer_token};
 use serde_json::json;
 use uuid::Uuid;
@@ -142,4 +143,50 @@ async fn a_retry_with_the_same_idempotency_key_after_the_client_gave_up_is_answe
     let c = app.counts().await;
     assert_eq!((c.orders, c.idempotency_keys), (1, 1), "exactly one order for the key");
     assert_eq!(app.product_row(&pid).await["stock"], 13 - 2);
+}
+
+/// A command still waiting when its request times out is rolled back, never committed behind
+/// the client's back: "503 timeout" means nothing was written, so a retry without an
+/// `Idempotency-Key` applies the command once, not twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_outliving_the_request_timeout_is_rolled_back_not_committed_later() {
+    let limits = HttpLimits {
+        request_timeout: Duration::from_secs(1),
+        ..HttpLimits::default()
+    };
+    let app = WriteApp::start_with(4, limits).await;
+    let p = app.create_product("TIMED-OUT", 100, "EUR", 10).await;
+    let pid = p["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/products/{pid}/stock-adjustments");
+    let outbox_before = app.counts().await.outbox;
+
+    let mut lock = lock_product(&app, &pid).await;
+    let timed_out = answer(app.post(&path, &admin_token(), &json!({"delta": 5}))).await;
+    timed_out.assert_problem(503, "timeout");
+    assert!(timed_out.header("retry-after").is_some(), "a 503 says when to retry");
+    // The lock goes away after the client was answered: a command left running would now
+    // take it and commit.
+    release(&mut lock).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = app.product_row(&pid).await;
+    assert_eq!(
+        (row["stock"].as_i64(), row["version"].as_i64()),
+        (Some(10), Some(1)),
+        "{row}"
+    );
+    assert_eq!(
+        app.counts().await.outbox,
+        outbox_before,
+        "no event for a timed-out command"
+    );
+
+    let retried = answer(app.post(&path, &admin_token(), &json!({"delta": 5}))).await;
+    assert_eq!(retried.status, 200, "{:?}", retried.body);
+    let row = app.product_row(&pid).await;
+    assert_eq!(
+        (row["stock"].as_i64(), row["version"].as_i64()),
+        (Some(15), Some(2)),
+        "{row}"
+    );
+    assert_eq!(app.counts().await.outbox, outbox_before + 1);
 }

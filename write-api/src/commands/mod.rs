@@ -14,6 +14,7 @@ pub mod ship_order;
 pub mod update_product;
 
 use std::future::Future;
+use std::time::Instant;
 
 use axum::http::StatusCode;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -48,14 +49,21 @@ pub trait Command: Send {
 /// The transaction runs in a task of its own: a client that hangs up (or the request
 /// timeout) drops the request's future, and dropping a transaction midway would hand its
 /// connection back to the pool still inside the transaction, holding its row locks.
+///
+/// That task must not commit after the client was told "503 timeout", or a retry would apply
+/// the command twice. So it has a budget a little under the request timeout: each statement is
+/// cancelled by PostgreSQL past it (the pool's `statement_timeout`), and the transaction is
+/// rolled back instead of committed when the budget is spent. Only a COMMIT itself taking
+/// longer than the margin (a fifth of the timeout, at most 1 s) could still land after a 503.
 pub async fn execute<C: Command + 'static>(
     app: &AppState,
     meta: &CommandMeta,
     body: &serde_json::Value,
     command: C,
 ) -> Result<Reply, ApiError> {
+    let deadline = Instant::now() + app.command_budget;
     let (app, meta, body) = (app.clone(), meta.clone(), body.clone());
-    tokio::spawn(async move { run_in_transaction(&app, &meta, &body, command).await })
+    tokio::spawn(async move { run_in_transaction(&app, &meta, &body, command, deadline).await })
         .await
         .map_err(|e| ApiError::Problem(ordering_platform::problem::Problem::internal(&e)))?
 }
@@ -65,6 +73,7 @@ async fn run_in_transaction<C: Command>(
     meta: &CommandMeta,
     body: &serde_json::Value,
     command: C,
+    deadline: Instant,
 ) -> Result<Reply, ApiError> {
     let mut conn = app.pool.get().await?;
     let scope = meta.idempotency_key.as_deref().map(|key| KeyScope {
@@ -74,26 +83,41 @@ async fn run_in_transaction<C: Command>(
         request_hash: idempotency::request_hash(body),
     });
     conn.transaction::<_, ApiError, _>(async |conn| {
-        let Some(scope) = &scope else {
-            return command.run(conn, meta).await;
-        };
-        match idempotency::claim(conn, scope).await? {
-            Claim::Replay(reply) => return Ok(reply),
-            Claim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
-            Claim::Fresh => {}
+        let reply = run_claimed(conn, meta, scope.as_ref(), command).await?;
+        if Instant::now() >= deadline {
+            return Err(ApiError::TimedOut);
         }
-        let outcome = conn
-            .transaction::<_, ApiError, _>(async |conn| command.run(conn, meta).await)
-            .await;
-        let reply = match outcome {
-            Ok(reply) => reply,
-            Err(e) if e.is_client_error() => Reply::refusal(&e),
-            Err(e) => return Err(e),
-        };
-        idempotency::record(conn, scope, &reply).await?;
         Ok(reply)
     })
     .await
+}
+
+/// The body of the transaction: with an `Idempotency-Key`, claim it first and remember the
+/// answer; without one, just the command.
+async fn run_claimed<C: Command>(
+    conn: &mut AsyncPgConnection,
+    meta: &CommandMeta,
+    scope: Option<&KeyScope<'_>>,
+    command: C,
+) -> Result<Reply, ApiError> {
+    let Some(scope) = scope else {
+        return command.run(conn, meta).await;
+    };
+    match idempotency::claim(conn, scope).await? {
+        Claim::Replay(reply) => return Ok(reply),
+        Claim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
+        Claim::Fresh => {}
+    }
+    let outcome = conn
+        .transaction::<_, ApiError, _>(async |conn| command.run(conn, meta).await)
+        .await;
+    let reply = match outcome {
+        Ok(reply) => reply,
+        Err(e) if e.is_client_error() => Reply::refusal(&e),
+        Err(e) => return Err(e),
+    };
+    idempotency::record(conn, scope, &reply).await?;
+    Ok(reply)
 }
 
 /// The reply of a command that changed one product.

@@ -1,0 +1,88 @@
+//! What both APIs' OpenAPI documents share: the bearer-token scheme, error answers described as
+//! they really are (`application/problem+json`, with the statuses any operation can give whatever
+//! its handler says), and serving the document.
+//!
+//! Clients and tools such as Schemathesis check answers against the document, so a document that
+//! calls errors `application/json`, or leaves out the 401 the auth layer gives, is a broken
+//! contract even when every answer is right.
+
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::{MethodRouter, get};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+
+/// The media type of every error answer (CONTRACT.md, "Errors").
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Adds the `bearer` security scheme (an HS256 JWT in `Authorization: Bearer`).
+pub struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// An error answer, as `(status, description)`.
+pub type ProblemAnswer = (&'static str, &'static str);
+
+/// Makes `doc` say what its operations really answer on failure: every 4xx and 5xx body is
+/// `application/problem+json` (the annotations' `body = Problem` would say `application/json`),
+/// `common` answers are listed on every operation, and `on_id` answers on every operation whose
+/// path holds an `{id}`. Statuses a handler already documents keep their description.
+pub fn document_problems(doc: &mut OpenApi, common: &[ProblemAnswer], on_id: &[ProblemAnswer]) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            let responses = &mut op.responses.responses;
+            for (status, response) in responses.iter_mut() {
+                if (status.starts_with('4') || status.starts_with('5'))
+                    && let RefOr::T(response) = response
+                    && let Some(content) = response.content.shift_remove("application/json")
+                {
+                    response.content.insert(PROBLEM_JSON.to_owned(), content);
+                }
+            }
+            let extra = common.iter().chain(on_id.iter().filter(|_| path.contains("{id}")));
+            for (status, description) in extra {
+                responses.entry((*status).to_owned()).or_insert_with(|| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description(*description)
+                            .content(
+                                PROBLEM_JSON,
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("Problem")))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// `GET /openapi.json`: the document, serialised once.
+pub fn serve<S: Clone + Send + Sync + 'static>(doc: &OpenApi) -> MethodRouter<S> {
+    let body = bytes::Bytes::from(serde_json::to_vec(doc).expect("an OpenAPI document always serialises"));
+    get(move || {
+        let body = body.clone();
+        async move { ([(CONTENT_TYPE, "application/json")], body) }
+    })
+}
