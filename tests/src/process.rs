@@ -93,6 +93,22 @@ impl ServiceProcess {
         }
     }
 
+    /// The body of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body")
+    }
+
+    /// SIGTERM, then waits for the exit (failing after `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        self.sigterm();
+        self.wait_exit(limit)
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         let _ = Command::new("kill")

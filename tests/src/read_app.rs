@@ -255,22 +255,7 @@ impl ReadApp {
 
     /// Runs `sql` (a SELECT) on the views' database; rows as JSON objects.
     pub async fn query_json(&self, sql: &str) -> Vec<serde_json::Value> {
-        use diesel::QueryableByName;
-        use diesel::sql_types::Text;
-        use diesel_async::RunQueryDsl;
-        #[derive(QueryableByName)]
-        struct Rows {
-            #[diesel(sql_type = Text)]
-            j: String,
-        }
-        let mut conn = self.db.conn().await;
-        let rows: Rows = diesel::sql_query(format!(
-            "SELECT coalesce(json_agg(t), '[]'::json)::text AS j FROM ({sql}) t"
-        ))
-        .get_result(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("query {sql}: {e}"));
-        serde_json::from_str(&rows.j).expect("rows as JSON")
+        self.db.query_json(sql).await
     }
 
     /// The `/metrics` text.

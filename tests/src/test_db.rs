@@ -95,6 +95,23 @@ impl TestDatabase {
             .expect("count rows");
         row.n
     }
+
+    /// Runs `sql` (a SELECT) and returns its rows as JSON objects, in the query's order.
+    pub async fn query_json(&self, sql: &str) -> Vec<serde_json::Value> {
+        #[derive(QueryableByName)]
+        struct Rows {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            j: String,
+        }
+        let mut conn = self.conn().await;
+        let rows: Rows = diesel::sql_query(format!(
+            "SELECT coalesce(json_agg(t), '[]'::json)::text AS j FROM ({sql}) t"
+        ))
+        .get_result(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("query {sql}: {e}"));
+        serde_json::from_str(&rows.j).expect("rows as JSON")
+    }
 }
 
 impl Drop for TestDatabase {

@@ -206,22 +206,7 @@ pub struct RowCounts {
 impl WriteApp {
     /// Runs `sql` (a SELECT) and returns its rows as JSON objects, in the query's order.
     pub async fn query_json(&self, sql: &str) -> Vec<serde_json::Value> {
-        use diesel::QueryableByName;
-        use diesel::sql_types::Text;
-        use diesel_async::RunQueryDsl;
-        #[derive(QueryableByName)]
-        struct Rows {
-            #[diesel(sql_type = Text)]
-            j: String,
-        }
-        let mut conn = self.db.conn().await;
-        let rows: Rows = diesel::sql_query(format!(
-            "SELECT coalesce(json_agg(t), '[]'::json)::text AS j FROM ({sql}) t"
-        ))
-        .get_result(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("query {sql}: {e}"));
-        serde_json::from_str::<Vec<serde_json::Value>>(&rows.j).expect("rows as JSON")
+        self.db.query_json(sql).await
     }
 
     /// Row counts of products, orders, order_lines, outbox and idempotency_keys.

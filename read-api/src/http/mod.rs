@@ -13,12 +13,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use ordering_schema::consistency::{ConsistencyToken, TokenError, VersionMark};
+use ordering_schema::events::AggregateType;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::cache::Source;
+use crate::cache::{Entry, Kind, LoadError, Source};
 use crate::error::{ReadError, field};
+use crate::views;
 
 /// `X-Consistency-Token`.
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
@@ -47,6 +49,45 @@ pub async fn await_consistency(app: &AppState, marks: Option<&[VersionMark]>) ->
         Some(m) if !m.is_empty() => Ok(Box::pin(app.hub.wait_for(&app.pool, m, app.consistency_wait)).await?),
         _ => Ok(()),
     }
+}
+
+/// The single view `kind` named by the path id `raw_id`, as the request may see it: after
+/// waiting for its consistency token, and never older than the version the token names for
+/// this aggregate (a cached entry from before the caller's own write is not served).
+pub async fn consistent_view(
+    app: &AppState,
+    headers: &HeaderMap,
+    kind: Kind,
+    raw_id: &str,
+) -> Result<(Entry, Source), ReadError> {
+    let (what, aggregate) = match kind {
+        Kind::Product => ("product", AggregateType::Product),
+        Kind::Order => ("order", AggregateType::Order),
+    };
+    let marks = consistency_marks(headers)?;
+    let id = path_id(raw_id, what)?;
+    await_consistency(app, marks.as_deref()).await?;
+    let min_version = marks
+        .iter()
+        .flatten()
+        .filter(|m| m.aggregate == aggregate && m.id == id)
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    let pool = app.pool.clone();
+    let load = move || {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.get().await.map_err(|e| LoadError(e.to_string().into()))?;
+            let view = match kind {
+                Kind::Product => views::product(&mut conn, id).await,
+                Kind::Order => views::order(&mut conn, id).await,
+            };
+            view.map_err(|e| LoadError(e.to_string().into()))
+        }
+    };
+    let (entry, source) = app.cache.view(kind, id, min_version, load).await?;
+    Ok((entry.ok_or(ReadError::NotFound(what))?, source))
 }
 
 /// A path id: anything but a UUID is "not found", as the contract asks.

@@ -5,14 +5,12 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use ordering_platform::auth::Caller;
 use ordering_platform::problem::Problem;
-use ordering_schema::events::AggregateType;
 
 use super::schemas::OrderView;
-use super::{answer, await_consistency, consistency_marks, path_id};
+use super::{answer, consistent_view};
 use crate::app::AppState;
-use crate::cache::{Kind, LoadError};
+use crate::cache::Kind;
 use crate::error::ReadError;
-use crate::views;
 
 /// Reads one order view with its status history.
 #[utoipa::path(
@@ -36,28 +34,7 @@ pub async fn get_order(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let marks = consistency_marks(&headers)?;
-    let id = path_id(&id, "order")?;
-    await_consistency(&app, marks.as_deref()).await?;
-    let min_version = marks
-        .iter()
-        .flatten()
-        .filter(|m| m.aggregate == AggregateType::Order && m.id == id)
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0);
-    let pool = app.pool.clone();
-    let load = move || {
-        let pool = pool.clone();
-        async move {
-            let mut conn = pool.get().await.map_err(|e| LoadError(e.to_string().into()))?;
-            views::order(&mut conn, id)
-                .await
-                .map_err(|e| LoadError(e.to_string().into()))
-        }
-    };
-    let (entry, source) = app.cache.view(Kind::Order, id, min_version, load).await?;
-    let entry = entry.ok_or(ReadError::NotFound("order"))?;
+    let (entry, source) = consistent_view(&app, &headers, Kind::Order, &id).await?;
     // Another customer's order does not exist, as far as this caller can tell.
     if !caller.is_admin() && entry.owner != Some(caller.subject) {
         return Err(ReadError::NotFound("order"));

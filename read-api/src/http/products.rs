@@ -4,15 +4,13 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use ordering_platform::problem::Problem;
-use ordering_schema::events::{AggregateType, ProductData};
+use ordering_schema::events::ProductData;
 use uuid::Uuid;
 
 use super::schemas::ProductPage;
-use super::{
-    answer, await_consistency, consistency_marks, etag_of_body, limit_param, page_body, path_id, query_params,
-};
+use super::{answer, consistent_view, etag_of_body, limit_param, page_body, query_params};
 use crate::app::AppState;
-use crate::cache::{Kind, LoadError, Source};
+use crate::cache::{Kind, Source};
 use crate::error::{ReadError, field};
 use crate::views::{self, ProductFilter, ProductKey, ProductSort};
 
@@ -36,28 +34,7 @@ pub async fn get_product(
 ) -> Result<Response, ReadError> {
     // The headers are read in place (a `HeaderMap` argument would be a copy).
     let headers = request.headers();
-    let marks = consistency_marks(headers)?;
-    let id = path_id(&id, "product")?;
-    await_consistency(&app, marks.as_deref()).await?;
-    let min_version = marks
-        .iter()
-        .flatten()
-        .filter(|m| m.aggregate == AggregateType::Product && m.id == id)
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0);
-    let pool = app.pool.clone();
-    let load = move || {
-        let pool = pool.clone();
-        async move {
-            let mut conn = pool.get().await.map_err(|e| LoadError(e.to_string().into()))?;
-            views::product(&mut conn, id)
-                .await
-                .map_err(|e| LoadError(e.to_string().into()))
-        }
-    };
-    let (entry, source) = app.cache.view(Kind::Product, id, min_version, load).await?;
-    let entry = entry.ok_or(ReadError::NotFound("product"))?;
+    let (entry, source) = consistent_view(&app, headers, Kind::Product, &id).await?;
     Ok(answer(headers, entry.body, entry.etag, source))
 }
 

@@ -19,9 +19,10 @@ use hdrhistogram::Histogram;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use ordering_tests::process::ServiceProcess;
 use ordering_tests::relay::broker::{AMQP_URL, TestExchange};
 use ordering_tests::relay::outbox::{insert_events, unsent};
-use ordering_tests::relay::process::{RelayEnv, RelayProcess};
+use ordering_tests::relay::process::{RelayEnv, spawn_relay};
 use ordering_tests::relay::wait_until;
 use ordering_tests::test_db::TestDatabase;
 
@@ -126,7 +127,7 @@ async fn drain(instances: usize) -> anyhow::Result<f64> {
     let env = RelayEnv::new(db.url(), &ex.name)
         .set("RUST_LOG", "warn")
         .set("RELAY_WINDOW", &WINDOW.to_string());
-    let relays: Vec<RelayProcess> = (0..instances).map(|_| RelayProcess::spawn(&env)).collect();
+    let relays: Vec<ServiceProcess> = (0..instances).map(|_| spawn_relay(&env)).collect();
     for r in &relays {
         r.wait_ready_status(200, Duration::from_secs(30)).await;
     }
@@ -173,7 +174,7 @@ async fn lag(rate: f64) -> anyhow::Result<(f64, f64, f64, usize)> {
     let db = TestDatabase::new().await;
     let ex = TestExchange::new().await;
     let env = RelayEnv::new(db.url(), &ex.name).set("RUST_LOG", "warn");
-    let relay = RelayProcess::spawn(&env);
+    let relay = spawn_relay(&env);
     relay.wait_ready_status(200, Duration::from_secs(30)).await;
     let committed: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
     let delivered: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();

@@ -7,14 +7,14 @@ use std::time::Duration;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ordering_tests::relay::broker::TestExchange;
 use ordering_tests::relay::outbox::{insert_events, rows};
-use ordering_tests::relay::process::{RelayEnv, RelayProcess};
+use ordering_tests::relay::process::{RelayEnv, relay_command, spawn_relay};
 use ordering_tests::relay::wait_until;
 use ordering_tests::test_db::TestDatabase;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn cli(env: &RelayEnv, args: &[&str]) -> String {
-    let out = RelayProcess::command(env, args).output().expect("run outbox-relay");
+    let out = relay_command(env, args).output().expect("run outbox-relay");
     assert!(
         out.status.success(),
         "outbox-relay {args:?}: {}",
@@ -44,7 +44,7 @@ async fn poison_row_is_dead_lettered_blocks_only_its_aggregate_and_replays() {
         .unwrap();
     }
     let env = RelayEnv::new(db.url(), &ex.name);
-    let relay = RelayProcess::spawn(&env);
+    let relay = spawn_relay(&env);
     wait_until("other aggregates flow", WAIT, || async {
         let got = got.event_ids();
         q.iter().all(|id| got.contains(id)) && got.contains(&ids[0])
@@ -136,7 +136,7 @@ async fn broker_nacks_are_retried_then_dead_lettered_without_reordering() {
     .await
     .unwrap();
     let env = RelayEnv::new(db.url(), &ex.name).set("RELAY_MAX_ATTEMPTS", "3");
-    let relay = RelayProcess::spawn(&env);
+    let relay = spawn_relay(&env);
     wait_until("other aggregates and n-1's first event", WAIT, || async {
         let got = got.event_ids();
         others.iter().all(|id| got.contains(id)) && got.contains(&n[0])
@@ -208,7 +208,7 @@ async fn cleanup_runs_on_its_cron_schedule() {
     let env = RelayEnv::new(db.url(), &ex.name)
         .set("OUTBOX_CLEANUP_CRON", "* * * * * *")
         .set("OUTBOX_RETENTION", "1h");
-    let _relay = RelayProcess::spawn(&env);
+    let _relay = spawn_relay(&env);
     // Published, marked sent, then deleted by the next cleanup run.
     wait_until("sent rows past retention to be deleted", WAIT, || async {
         db.count("outbox").await == 0

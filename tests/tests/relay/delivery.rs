@@ -7,7 +7,7 @@ use std::time::Duration;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ordering_tests::relay::broker::TestExchange;
 use ordering_tests::relay::outbox::{insert_events, rows, unsent};
-use ordering_tests::relay::process::{RelayEnv, RelayProcess};
+use ordering_tests::relay::process::{RelayEnv, relay_command, spawn_relay};
 use ordering_tests::relay::wait_until;
 use ordering_tests::test_db::TestDatabase;
 
@@ -20,7 +20,7 @@ async fn every_committed_row_arrives_with_the_contract_message_properties() {
     let got = ex.consume().await;
     let mut conn = db.conn().await;
     let ids = insert_events(&mut conn, "outbox", "agg-", 20, 1, 10, 500).await;
-    let relay = RelayProcess::spawn(&RelayEnv::new(db.url(), &ex.name));
+    let relay = spawn_relay(&RelayEnv::new(db.url(), &ex.name));
     wait_until("all 200 events", WAIT, || async { got.event_ids().len() == ids.len() }).await;
     got.check_order().unwrap();
     let stored = rows(&mut conn, "outbox").await;
@@ -89,7 +89,7 @@ async fn rolled_back_transaction_publishes_nothing() {
     let db = TestDatabase::new().await;
     let mut ex = TestExchange::new().await;
     let got = ex.consume().await;
-    let _relay = RelayProcess::spawn(&RelayEnv::new(db.url(), &ex.name));
+    let _relay = spawn_relay(&RelayEnv::new(db.url(), &ex.name));
     let mut conn = db.conn().await;
     conn.batch_execute("BEGIN").await.unwrap();
     let rolled_back = insert_events(&mut conn, "outbox", "rb-", 5, 1, 1, 10).await;
@@ -114,7 +114,7 @@ async fn late_commit_is_published_after_later_rows() {
     let db = TestDatabase::new().await;
     let mut ex = TestExchange::new().await;
     let got = ex.consume().await;
-    let relay = RelayProcess::spawn(&RelayEnv::new(db.url(), &ex.name));
+    let relay = spawn_relay(&RelayEnv::new(db.url(), &ex.name));
     // Once its schema is set up (adding columns would wait for the open transaction).
     relay.wait_ready_status(200, WAIT).await;
     // This transaction takes its id first and commits last.
@@ -156,7 +156,7 @@ async fn sidecar_serves_another_table_and_exchange() {
     let mut ex = ex;
     let got = ex.consume().await;
     let env = RelayEnv::new(db.url(), &ex.name).set("OUTBOX_TABLE", "billing.events_outbox");
-    let _relay = RelayProcess::spawn(&env);
+    let _relay = spawn_relay(&env);
     let ids = insert_events(&mut conn, "billing.events_outbox", "inv-", 5, 1, 4, 10).await;
     wait_until("sidecar events", WAIT, || async { got.event_ids().len() == ids.len() }).await;
     got.check_order().unwrap();
@@ -194,7 +194,7 @@ async fn sigterm_waits_for_confirms_releases_leases_and_exits_0() {
     let got = ex.consume().await;
     let mut conn = db.conn().await;
     let ids = insert_events(&mut conn, "outbox", "t-", 50, 1, 40, 200).await;
-    let mut relay = RelayProcess::spawn(&RelayEnv::new(db.url(), &ex.name));
+    let mut relay = spawn_relay(&RelayEnv::new(db.url(), &ex.name));
     wait_until("publishing to start", WAIT, || async { !got.is_empty() }).await;
     let status = relay.terminate(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
@@ -216,7 +216,7 @@ async fn sigterm_waits_for_confirms_releases_leases_and_exits_0() {
         assert!(delivered.contains(&r.event_id));
     }
     // A new instance finishes the job.
-    let _relay = RelayProcess::spawn(&RelayEnv::new(db.url(), &ex.name));
+    let _relay = spawn_relay(&RelayEnv::new(db.url(), &ex.name));
     wait_until("the rest", WAIT, || async { got.event_ids().len() == ids.len() }).await;
     got.check_order().unwrap();
 }
@@ -226,13 +226,13 @@ async fn migrate_command_is_idempotent_and_partitions_must_agree() {
     let db = TestDatabase::new().await;
     let env = RelayEnv::new(db.url(), "unused");
     for expected in ["1 step(s) applied", "0 step(s) applied"] {
-        let out = RelayProcess::command(&env, &["migrate"]).output().unwrap();
+        let out = relay_command(&env, &["migrate"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains(expected));
     }
     assert_eq!(db.count("outbox_relay_leases").await, 16);
     // Another partition count on the same outbox would break per-aggregate order: refused.
-    let out = RelayProcess::command(&env.clone().set("RELAY_PARTITIONS", "8"), &[])
+    let out = relay_command(&env.clone().set("RELAY_PARTITIONS", "8"), &[])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -247,7 +247,7 @@ async fn bad_setting_exits_2_naming_it() {
         ("OUTBOX_CLEANUP_CRON", "never"),
     ] {
         let env = RelayEnv::new("postgres://root@127.0.0.1:5432/postgres", "x").set(k, v);
-        let out = RelayProcess::command(&env, &[]).output().unwrap();
+        let out = relay_command(&env, &[]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{k}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ordering_tests::relay::broker::TestExchange;
 use ordering_tests::relay::chaos_proxy::ChaosProxy;
 use ordering_tests::relay::outbox::{insert_events, unsent};
-use ordering_tests::relay::process::{RelayEnv, RelayProcess};
+use ordering_tests::relay::process::{RelayEnv, spawn_relay};
 use ordering_tests::relay::wait_until;
 use ordering_tests::test_db::TestDatabase;
 use rand::Rng;
@@ -23,9 +23,9 @@ async fn kill_9_of_one_of_two_relays_loses_nothing_and_keeps_order() {
     let env = RelayEnv::new(db.url(), &ex.name)
         .set("RELAY_WINDOW", "32")
         .set("RELAY_BATCH", "200");
-    let stable = RelayProcess::spawn(&env);
+    let stable = spawn_relay(&env);
     stable.wait_ready_status(200, WAIT).await;
-    let mut victim = RelayProcess::spawn(&env);
+    let mut victim = spawn_relay(&env);
     let url = db.url().to_owned();
     let writing = tokio_util::sync::CancellationToken::new();
     let stop_writing = writing.clone();
@@ -54,7 +54,7 @@ async fn kill_9_of_one_of_two_relays_loses_nothing_and_keeps_order() {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         victim.kill9();
         kills += 1;
-        victim = RelayProcess::spawn(&env);
+        victim = spawn_relay(&env);
         // The dead instance's leases count as held until they expire (RELAY_LEASE_TTL).
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -102,7 +102,7 @@ async fn broker_connection_cut_heals_and_readiness_reports_it() {
     let got = ex.consume().await;
     let proxy = ChaosProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let env = RelayEnv::new(db.url(), &ex.name).set("AMQP_URL", &proxy.url(ordering_tests::relay::broker::AMQP_URL));
-    let relay = RelayProcess::spawn(&env);
+    let relay = spawn_relay(&env);
     relay.wait_ready_status(200, WAIT).await;
     let mut conn = db.conn().await;
     let mut ids = insert_events(&mut conn, "outbox", "b-", 50, 1, 10, 300).await;
@@ -124,7 +124,7 @@ async fn database_connection_cut_heals_and_readiness_reports_it() {
     let mut ex = TestExchange::new().await;
     let got = ex.consume().await;
     let proxy = ChaosProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let relay = RelayProcess::spawn(&RelayEnv::new(&proxy.url(db.url()), &ex.name));
+    let relay = spawn_relay(&RelayEnv::new(&proxy.url(db.url()), &ex.name));
     relay.wait_ready_status(200, WAIT).await;
     let mut conn = db.conn().await;
     let mut ids = insert_events(&mut conn, "outbox", "d-", 50, 1, 10, 300).await;
