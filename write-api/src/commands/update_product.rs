@@ -3,7 +3,6 @@
 use axum::extract::{Path, State};
 use diesel_async::AsyncPgConnection;
 use ordering_platform::http::json::JsonBody;
-use ordering_platform::problem::Problem;
 use ordering_schema::events::{ProductData, now};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -46,11 +45,10 @@ impl Command for UpdateProduct {
         ("If-Match" = Option<String>, Header, description = "\"<version>\" or *"),
         ("Idempotency-Key" = Option<String>, Header),
     ),
+    // The answers every command can give (400, 401, 403, 404 and 412 on an id, 413, 415, 422,
+    // 500, 503) are added to the document by `router::document_problems`.
     responses(
         (status = 200, body = ProductData),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 412, body = Problem), (status = 415, body = Problem),
-        (status = 422, body = Problem),
     ),
     security(("bearer" = []))
 )]
