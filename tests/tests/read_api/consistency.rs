@@ -182,5 +182,10 @@ async fn a_thousand_waiting_requests_cost_nothing_and_all_wake() {
         "waking took {:?}",
         started.elapsed()
     );
-    assert_eq!(hub.waiting(), 0);
+    // Each waiter deregisters as its request ends; give the last of them a moment under load.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while hub.waiting() > 0 {
+        assert!(Instant::now() < deadline, "{} waiters left behind", hub.waiting());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
