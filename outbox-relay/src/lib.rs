@@ -117,6 +117,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
     let broker = Arc::new(Breaker::new("rabbitmq", s.breaker_failures, s.breaker_cooldown));
     let broker_up = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
+    let db_reachable = Arc::new(Notify::new());
     let stop = CancellationToken::new();
     tracing::info!(%owner, table = %s.table.table(), exchange = %s.exchange, partitions = s.partitions, "relay starting");
 
@@ -137,6 +138,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
             s.database_url.clone(),
             s.table.channel(),
             wake.clone(),
+            db_reachable.clone(),
             s.poll_interval.max(Duration::from_secs(5)),
             stop.clone(),
         )),
@@ -176,6 +178,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
         broker,
         broker_up,
         wake,
+        db_reachable,
     };
     let publishing = tokio::spawn(publisher.run(stop.clone()));
     let stopper = stop.clone();

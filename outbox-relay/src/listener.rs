@@ -13,13 +13,26 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Listens on `channel` until `stop`, reconnecting with backoff. Every (re)connection also
-/// wakes the publisher, since notifications sent while disconnected are gone.
-pub async fn listen(url: String, channel: String, wake: Arc<Notify>, ping_every: Duration, stop: CancellationToken) {
-    let mut backoff = ExponentialBuilder::default()
-        .with_jitter()
-        .with_max_delay(Duration::from_secs(5))
-        .without_max_times()
-        .build();
+/// wakes the publisher, since notifications sent while disconnected are gone, and signals
+/// `reachable`, which ends the publisher's database backoff. Reconnects are tried at least
+/// every 2 s (one connection attempt is cheap), so that signal comes soon after an outage.
+pub async fn listen(
+    url: String,
+    channel: String,
+    wake: Arc<Notify>,
+    reachable: Arc<Notify>,
+    ping_every: Duration,
+    stop: CancellationToken,
+) {
+    let fresh_backoff = || {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(1))
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = fresh_backoff();
     loop {
         let attempt = async {
             let mut conn = tokio::time::timeout(Duration::from_secs(5), AsyncPgConnection::establish(&url))
@@ -44,12 +57,9 @@ pub async fn listen(url: String, channel: String, wake: Arc<Notify>, ping_every:
             () = stop.cancelled() => return,
         };
         tracing::debug!(%channel, "listening for outbox notifications");
-        backoff = ExponentialBuilder::default()
-            .with_jitter()
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .build();
+        backoff = fresh_backoff();
         wake.notify_one();
+        reachable.notify_one();
         loop {
             let next = {
                 let mut stream = std::pin::pin!(conn.notifications_stream());

@@ -37,6 +37,9 @@ pub struct Publisher {
     /// Whether the broker connection is up, for readiness.
     pub broker_up: Arc<AtomicBool>,
     pub wake: Arc<Notify>,
+    /// Signalled by the listener each time it (re)connects to PostgreSQL: the database is
+    /// reachable again, so a backoff waiting on it can end early.
+    pub db_reachable: Arc<Notify>,
 }
 
 type AggKey = (String, String);
@@ -106,7 +109,7 @@ impl Publisher {
                     // Unmarked rows are sent again by the next owner: duplicates, never losses.
                     return;
                 }
-                self.pause(db_backoff.next(), &stop).await;
+                self.pause_for_db(db_backoff.next(), &stop).await;
             }
             if marking.is_none() && !to_mark.is_empty() {
                 marking = Some(self.start_marking(std::mem::take(&mut to_mark)));
@@ -198,7 +201,7 @@ impl Publisher {
                     tracing::warn!(error = %e, "cannot read the outbox");
                     metrics::counter!("relay_retries_total", "dependency" => "postgres").increment(1);
                     self.db.failure();
-                    self.pause(db_backoff.next(), &stop).await;
+                    self.pause_for_db(db_backoff.next(), &stop).await;
                     continue;
                 }
             };
@@ -260,7 +263,7 @@ impl Publisher {
             if let Some(m) = marking.take()
                 && !self.finish_marking(m, &mut to_mark).await
             {
-                self.pause(db_backoff.next(), &stop).await;
+                self.pause_for_db(db_backoff.next(), &stop).await;
             }
             if !to_mark.is_empty() {
                 marking = Some(self.start_marking(std::mem::take(&mut to_mark)));
@@ -487,6 +490,16 @@ impl Publisher {
             Ok(()) => metrics::counter!("relay_dead_lettered_total").increment(1),
             // The row stays unsent; it will be tried (and refused) again, then dead-lettered.
             Err(e) => tracing::warn!(error = %e, event_id = %row.event_id, "cannot dead-letter the row"),
+        }
+    }
+
+    /// A backoff after a database failure, cut short when the listener reconnects: after an
+    /// outage the relay resumes within moments of PostgreSQL's return rather than at the end
+    /// of a backoff step that may have grown to seconds.
+    async fn pause_for_db(&self, wait: Option<Duration>, stop: &CancellationToken) {
+        tokio::select! {
+            () = self.pause(wait, stop) => {}
+            () = self.db_reachable.notified() => {}
         }
     }
 
