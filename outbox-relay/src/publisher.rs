@@ -220,8 +220,13 @@ impl Publisher {
             if rows.is_empty() {
                 if rechecks > 0 {
                     rechecks -= 1;
-                    self.pause(Some(Duration::from_millis(if rechecks == 1 { 5 } else { 25 })), &stop)
-                        .await;
+                    // A new notification during the pause means another commit: read at once
+                    // rather than let its row wait out the pause.
+                    let recheck = Duration::from_millis(if rechecks == 1 { 5 } else { 25 });
+                    tokio::select! {
+                        () = self.pause(Some(recheck), &stop) => {}
+                        () = self.wake.notified() => rechecks = 2,
+                    }
                 } else if self.idle(&stop).await {
                     rechecks = 2;
                 }

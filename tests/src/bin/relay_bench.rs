@@ -31,9 +31,23 @@ const ROWS: i32 = 100_000;
 const AGGREGATES: i32 = 1_000;
 /// Padding that makes the stored CloudEvents payload about 600 bytes.
 const PAD: i32 = 330;
+/// Aggregates the lag writers spread their events over, as many as the drain runs use.
+const LAG_AGGREGATES: i32 = 1_000;
+/// Events per insert statement, each for another aggregate.
+const PER_STATEMENT: i32 = 5;
+/// Writer connections of the lag run.
+const WRITERS: i32 = 4;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    // `relay-bench lag RATE...`: only (c), at the given insert rates (rows/s).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(args.as_slice(), [cmd, ..] if cmd == "lag") {
+        for rate in &args[1..] {
+            report_lag(rate.parse()?, LAG_AGGREGATES).await?;
+        }
+        return Ok(());
+    }
     let payload_len = sample_payload_len().await;
     println!("message size: {payload_len} B persistent, window {WINDOW}");
     // The machine is shared and runs differ: the raw limit is measured again right before
@@ -52,9 +66,27 @@ async fn main() -> anyhow::Result<()> {
         "(b) relay, 2 instances, {ROWS} rows: {two:.0} msgs/s = {:.0}% of raw",
         two / raw2 * 100.0
     );
-    let rate = (one / 2.0).round();
-    let (p50, p99, max, n) = lag(rate).await?;
-    println!("(c) end-to-end lag at {rate:.0} rows/s ({n} events): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
+    // Half the relay's maximum, as asked, and lower rates: on two cores the writers, PostgreSQL,
+    // the relay, the broker and the consumer share the CPU, so the sweep shows where lag turns
+    // from round trips into queueing.
+    for divisor in [8.0, 4.0, 2.0] {
+        report_lag((one / divisor).round(), LAG_AGGREGATES).await?;
+    }
+    // The same half rate on 20 hot aggregates: each may have one message awaiting its confirm
+    // (the price of per-aggregate order), so one aggregate's rate is capped by the confirm
+    // round trip and lag turns into queueing.
+    report_lag((one / 2.0).round(), 20).await?;
+    Ok(())
+}
+
+/// Runs (c) at `rate` over `aggregates` aggregates and prints the figures, with the insert
+/// rate the writers achieved.
+async fn report_lag(rate: f64, aggregates: i32) -> anyhow::Result<()> {
+    let (p50, p99, max, n) = lag(rate, aggregates).await?;
+    println!(
+        "(c) end-to-end lag at {rate:.0} rows/s asked, {:.0} achieved, over {aggregates} aggregates ({n} events measured): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+        n as f64 / 9.0
+    );
     Ok(())
 }
 
@@ -170,7 +202,7 @@ async fn drain(instances: usize) -> anyhow::Result<f64> {
 
 /// (c): rows inserted at `rate` per second by 4 writers for 10 s; lag = delivery instant −
 /// the instant the inserting statement's commit returned (0 if delivered before that).
-async fn lag(rate: f64) -> anyhow::Result<(f64, f64, f64, usize)> {
+async fn lag(rate: f64, aggregates: i32) -> anyhow::Result<(f64, f64, f64, usize)> {
     let db = TestDatabase::new().await;
     let ex = TestExchange::new().await;
     let env = RelayEnv::new(db.url(), &ex.name).set("RUST_LOG", "warn");
@@ -213,13 +245,14 @@ async fn lag(rate: f64) -> anyhow::Result<(f64, f64, f64, usize)> {
             }
         }
     });
-    // The writers: 4 connections, each inserting 5 rows per statement at a fixed pace.
-    let writers = 4;
-    let per_stmt = 5;
-    let period = Duration::from_secs_f64(f64::from(writers * per_stmt) / rate);
+    // The writers: WRITERS connections, each inserting PER_STATEMENT rows per statement at a
+    // fixed pace; statement n of a writer goes to its group n mod `groups` of PER_STATEMENT
+    // aggregates, so every aggregate's events come in sequence order.
+    let groups = (aggregates / (WRITERS * PER_STATEMENT)).max(1);
+    let period = Duration::from_secs_f64(f64::from(WRITERS * PER_STATEMENT) / rate);
     let run_for = Duration::from_secs(10);
     let mut tasks = Vec::new();
-    for w in 0..writers {
+    for w in 0..WRITERS {
         let url = db.url().to_owned();
         let committed = committed.clone();
         tasks.push(tokio::spawn(async move {
@@ -227,16 +260,18 @@ async fn lag(rate: f64) -> anyhow::Result<(f64, f64, f64, usize)> {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let start = Instant::now();
-            let mut seq = 1;
+            let mut n = 0;
             while start.elapsed() < run_for {
                 tick.tick().await;
-                let ids = insert_events(&mut c, "outbox", &format!("w{w}-"), per_stmt, seq, 1, PAD).await;
+                let (group, seq) = (n % groups, n / groups + 1);
+                let prefix = format!("w{w}-g{group}-");
+                let ids = insert_events(&mut c, "outbox", &prefix, PER_STATEMENT, seq, 1, PAD).await;
                 let at = Instant::now();
                 let mut m = committed.lock().expect("lock");
                 for id in ids {
                     m.insert(id, at);
                 }
-                seq += 1;
+                n += 1;
             }
         }));
     }
