@@ -8,7 +8,7 @@
 //!   own ceiling); and a mixed backlog (several versions per aggregate, orders, duplicates,
 //!   swapped neighbours) drained and checked.
 //!
-//! Load comes from `wrk` (64 connections, 2 threads) when installed.
+//! Load comes from `wrk` (64 connections, 2 threads; `apt-get install -y wrk`).
 //! Usage: `cargo run --release -p ordering-tests --bin read-bench [seconds] [http|projector]`
 //! (both parts unless one is named). `READ_BENCH_LOGS=1` installs the services' log subscriber
 //! (`RUST_LOG`, default `info`), as the binaries run, so per-request spans are live.
