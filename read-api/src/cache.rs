@@ -31,6 +31,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use uuid::Uuid;
 
@@ -811,30 +812,41 @@ impl Cache {
         self.clear_local();
         let pattern = format!("{}*", self.inner.prefix);
         let mut conn = self.inner.redis.conn().await.map_err(|e| e.to_string())?;
-        let mut cursor: u64 = 0;
+        // SCAN walks the keyspace of one node only, and a cluster client sends a keyless
+        // command to any node (each call possibly another, where the cursor means nothing):
+        // left to it, a rebuild would drop one node's keys while the others go on serving
+        // views of the replaced tables until their TTL. So each primary is scanned on its own,
+        // reached through a slot it serves.
+        let routes: Vec<Option<RoutingInfo>> = match &mut conn {
+            Conn::Single(_) => vec![None],
+            Conn::Cluster(c) => primary_routes(c).await?.into_iter().map(Some).collect(),
+        };
         let mut deleted = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            for k in keys {
-                let n: u64 = redis::cmd("DEL")
-                    .arg(&k)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                deleted += n;
+        for route in routes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+                let (next, keys): (u64, Vec<String>) = match (&mut conn, &route) {
+                    (Conn::Cluster(c), Some(route)) => {
+                        let v = c.route_command(scan, route.clone()).await.map_err(|e| e.to_string())?;
+                        redis::from_redis_value(v).map_err(|e| e.to_string())?
+                    }
+                    _ => scan.query_async(&mut conn).await.map_err(|e| e.to_string())?,
+                };
+                for k in keys {
+                    let n: u64 = redis::cmd("DEL")
+                        .arg(&k)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    deleted += n;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         Ok(deleted)
     }
@@ -846,6 +858,41 @@ impl Cache {
         let raw: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.ok()?;
         raw.and_then(|r| Entry::decode(&r)).map(|e| (e.version, e.body))
     }
+}
+
+/// One route per primary of the cluster: to the first slot of a range it serves (per
+/// `CLUSTER SLOTS`, which every Redis Cluster version answers).
+async fn primary_routes(conn: &mut redis::cluster_async::ClusterConnection) -> Result<Vec<RoutingInfo>, String> {
+    let mut slots = redis::cmd("CLUSTER");
+    slots.arg("SLOTS");
+    let raw = conn
+        .route_command(slots, RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary))
+        .await
+        .map_err(|e| e.to_string())?;
+    let ranges: Vec<Vec<Value>> = redis::from_redis_value(raw).map_err(|e| e.to_string())?;
+    let mut seen = std::collections::HashSet::new();
+    let mut routes = Vec::new();
+    for range in ranges {
+        let (Some(start), Some(primary)) = (range.first(), range.get(2)) else {
+            return Err("CLUSTER SLOTS: a range without a primary".to_owned());
+        };
+        let start: u16 = redis::from_redis_value(start.clone()).map_err(|e| e.to_string())?;
+        let primary: Vec<Value> = redis::from_redis_value(primary.clone()).map_err(|e| e.to_string())?;
+        let addr: (String, u16) = match (primary.first(), primary.get(1)) {
+            (Some(host), Some(port)) => (
+                redis::from_redis_value(host.clone()).map_err(|e| e.to_string())?,
+                redis::from_redis_value(port.clone()).map_err(|e| e.to_string())?,
+            ),
+            _ => return Err("CLUSTER SLOTS: a primary without an address".to_owned()),
+        };
+        let slot = Slot::new(start).ok_or_else(|| format!("CLUSTER SLOTS: no slot {start}"))?;
+        if seen.insert(addr) {
+            routes.push(RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                Route::with_slot(slot, SlotAddr::Master),
+            )));
+        }
+    }
+    Ok(routes)
 }
 
 #[cfg(test)]

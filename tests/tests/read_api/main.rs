@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod cache;
+mod cluster;
 mod consistency;
 mod projector;
 mod rebuild;
