@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDatabase::new().await;
     seed_products(&db).await?;
 
-    let port = free_port()?;
+    let port = ordering_tests::process::free_addr().port();
     let mut server = start_write_api(db.url(), port)?;
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base).await?;
@@ -86,10 +86,6 @@ async fn seed_products(db: &TestDatabase) -> anyhow::Result<()> {
         .execute(&mut conn)
         .await?;
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn start_write_api(database_url: &str, port: u16) -> anyhow::Result<Child> {

@@ -4,6 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use ordering_tests::process::free_addr;
 use ordering_tests::read_app::{ReadApp, ReadOptions, next_product, product, product_event};
 use ordering_tests::write_app::answer;
 use read_api::cache::Kind;
@@ -118,14 +119,6 @@ async fn the_cache_never_serves_an_older_version_after_an_update() {
     assert_eq!(redis_version, 31);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn redis_server(port: u16) -> Child {
     Command::new("redis-server")
         .args([
@@ -164,7 +157,7 @@ impl Drop for Killed {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_answers_from_postgres_and_recovers_without_restart() {
-    let port = free_port();
+    let port = free_addr().port();
     let mut redis = Killed(redis_server(port));
     wait_redis(port).await;
     let app = ReadApp::start_with(ReadOptions {

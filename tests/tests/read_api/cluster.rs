@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ordering_schema::events::{OrderData, OrderStatus, ProductData};
 use ordering_tests::pipeline::metric_sum;
+use ordering_tests::process::free_addr;
 use ordering_tests::read_app::{
     ReadApp, ReadOptions, next_order, next_product, order, order_event, product, product_event,
 };
@@ -21,14 +22,6 @@ use uuid::Uuid;
 const PRODUCTS: usize = 20;
 const CUSTOMERS: usize = 6;
 const ORDERS_PER_CUSTOMER: usize = 2;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `redis-cli -p <port> <args>`'s output; panics if it fails.
 fn cli(port: u16, args: &[&str]) -> String {
@@ -66,7 +59,7 @@ impl Cluster {
         for _ in 0..3 {
             // The bus port is given explicitly: the default (port + 10000) may be taken or
             // beyond 65535 for an ephemeral port.
-            let (port, bus) = (free_port(), free_port());
+            let (port, bus) = (free_addr().port(), free_addr().port());
             let dir = cluster.dir.to_str().expect("utf-8 temp dir").to_owned();
             let child = Command::new("redis-server")
                 .args([
