@@ -1,5 +1,6 @@
 //! End to end, under failures of the pipeline's dependencies and of the read-api: the broker
-//! unreachable, PostgreSQL unreachable, Redis unreachable, the read-api killed mid-projection.
+//! unreachable, PostgreSQL unreachable, Redis unreachable, PostgreSQL and Redis slowed, the
+//! read-api killed mid-projection.
 //! Each test ends with the full check of the contract's promises (`Pipeline::check`).
 
 use std::time::{Duration, Instant};
@@ -255,4 +256,55 @@ async fn e2e_read_api_killed_mid_projection_applies_each_event_once_in_effect() 
         applied_at_kill < backlog as f64,
         "the read-api finished the backlog ({backlog}) before it could be killed; make the backlog bigger"
     );
+}
+
+/// PostgreSQL and Redis slowed down, not cut (every chunk either way waits 20 ms) for 5 s under
+/// load: everything slows, nothing breaks. No 5xx at all, every command answered, nothing lost,
+/// and the views equal the write side once the slowness ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_postgres_and_redis_slowed_everything_slows_nothing_breaks() {
+    const DELAY: Duration = Duration::from_millis(20);
+    let p = Pipeline::start(PipelineOptions::default()).await;
+    let driver = p.driver();
+    driver.seed(8, 500, 6).await;
+    let before = burst(&driver, 2).await;
+    p.pg.slow(DELAY);
+    p.redis.slow(DELAY);
+    let reads = async {
+        let started = Instant::now();
+        let mut answers = Vec::new();
+        while started.elapsed() < Duration::from_secs(4) {
+            let t = Instant::now();
+            let (status, _) = p.read_get("/v1/products?limit=5").await;
+            answers.push((status, t.elapsed()));
+        }
+        answers
+    };
+    let (during, reads) = tokio::join!(burst(&driver, 5), reads);
+    p.pg.restore();
+    p.redis.restore();
+    let after = burst(&driver, 2).await;
+    let outcomes = driver.outcomes();
+    let report = p.check(&driver, CHECK).await;
+    let slowest_read = reads.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    println!(
+        "[e2e postgres and redis slowed {DELAY:?} per chunk for 5s] commands answered {before} in 2 s before, {during} \
+         in 5 s slowed, {after} in 2 s after (committed {}, refused {:?}, 503 {}, slowest {:.1?}); {} reads while \
+         slowed, statuses {:?}, slowest {slowest_read:.1?}; {report}",
+        outcomes.committed,
+        outcomes.refused,
+        outcomes.unavailable,
+        outcomes.slowest,
+        reads.len(),
+        reads.iter().map(|(s, _)| *s).collect::<std::collections::BTreeSet<_>>()
+    );
+    assert!(during > 0, "no command answered while slowed");
+    assert!(
+        outcomes.server_errors.is_empty(),
+        "server errors: {:?}",
+        outcomes.server_errors
+    );
+    assert_eq!(outcomes.unavailable, 0, "503s while merely slowed");
+    assert_eq!(outcomes.transport_errors, 0, "commands without an answer");
+    assert!(reads.iter().all(|(s, _)| *s == 200), "reads while slowed: {reads:?}");
 }
