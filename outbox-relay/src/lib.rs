@@ -14,8 +14,9 @@
 //! rolled-back row never becomes visible, so it is never read. Reads are triggered by a
 //! NOTIFY trigger (LISTEN on a dedicated connection, [`listener`]) with a poll as a fallback;
 //! a wake-up only triggers a read, and since a notification can arrive before its row is
-//! visible, an empty read after a wake-up is repeated twice shortly after. The wake-up is a
-//! stored permit, so a notification arriving while a read runs causes another read.
+//! visible, an empty read after a wake-up is repeated twice shortly after (a new wake-up cuts
+//! that pause short). The wake-up is a stored permit, so a notification arriving while a read
+//! runs causes another read.
 //!
 //! ## How per-aggregate order is kept, with several instances
 //! Aggregates are hashed into `RELAY_PARTITIONS` partitions, and each partition is leased to
@@ -45,7 +46,9 @@
 //! - **Database down**: reads and marks fail and are retried with backoff behind the
 //!   database's breaker; rows confirmed meanwhile are kept in memory and marked first when
 //!   the database is back (if the relay dies before, they are sent again). The listener
-//!   reconnects by itself; the poll covers the gap.
+//!   reconnects by itself (at least every 2 s), and its reconnection ends the publisher's
+//!   backoff, so publishing resumes within moments of the database's return; the poll covers
+//!   the gap.
 //! - **Poison row**: a row that can never be a valid message (a routing key over 255 bytes,
 //!   headers that are not an object of strings) is dead-lettered at once; a row the broker
 //!   refuses (nack) is retried with backoff and dead-lettered after `RELAY_MAX_ATTEMPTS`.

@@ -14,6 +14,9 @@
 //!   concurrent repeat waits on it and replays the first answer ([`store::idempotency`]).
 //! - **Errors.** Every refusal is problem+json with a stable code ([`error`]); nothing a
 //!   client sends can produce a 500.
+//! - **Timeouts.** A command has a budget a little under the request timeout, enforced by
+//!   PostgreSQL's `statement_timeout` and a check before COMMIT ([`AppState::command_budget`]),
+//!   so a "503 timeout" answer means nothing was written and a retry is safe.
 
 pub mod app;
 pub mod commands;
