@@ -550,6 +550,8 @@ impl Projector {
 
         let mut views: HashMap<Key, (i64, Option<Uuid>, String)> = HashMap::new();
         let mut customers: HashMap<Uuid, i64> = HashMap::new();
+        // Aggregates of which an event came again although its view already had it.
+        let mut redelivered: Vec<Key> = Vec::new();
         let mut latest: Option<DateTime<Utc>> = None;
         for ((w, was_held), outcome) in works.into_iter().zip(outcomes) {
             match outcome {
@@ -575,6 +577,7 @@ impl Projector {
                 }
                 Outcome::Duplicate => {
                     self.metrics.duplicates.increment(1);
+                    redelivered.push(w.event.key());
                     settle.push(w.acker);
                 }
                 Outcome::Gap { have } => {
@@ -596,6 +599,12 @@ impl Projector {
         }
         // Committed: now the cache (compare-and-set on the version, so never older over
         // newer), then the acknowledgements.
+        redelivered.retain(|k| !views.contains_key(k));
+        let (mut refreshed, refreshed_customers) = self.committed_views(redelivered).await;
+        for (customer, revision) in refreshed_customers {
+            let r = customers.entry(customer).or_insert(revision);
+            *r = (*r).max(revision);
+        }
         let views = views
             .into_iter()
             .map(|((aggregate, id), (version, owner, doc))| {
@@ -605,10 +614,52 @@ impl Projector {
                 };
                 (kind, id, StoredView { version, owner, doc })
             })
+            .chain(refreshed.drain(..))
             .collect();
         self.cache.publish_views(views).await;
         self.cache.publish_customers(customers.into_iter().collect()).await;
         ack_all(settle).await;
+    }
+
+    /// The views of `keys` as committed, and their customers' revisions, for the cache.
+    ///
+    /// An event that arrives again although its view has it is usually a redelivery after
+    /// this process (or another instance) died between committing a batch and writing the
+    /// cache: the cache may still hold the view before that batch, and without a refresh would
+    /// serve it until its TTL. Redeliveries are rare, so reading their views back costs little.
+    /// A failure only logs: the entries then age out with their TTL.
+    async fn committed_views(&self, mut keys: Vec<Key>) -> (Vec<(Kind, Uuid, StoredView)>, Vec<(Uuid, i64)>) {
+        if keys.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        keys.sort_unstable_by_key(|(a, id)| (*a == AggregateType::Order, *id));
+        keys.dedup();
+        let read = async {
+            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut views = Vec::new();
+            let mut customers = Vec::new();
+            for (aggregate, id) in keys {
+                let (kind, view) = match aggregate {
+                    AggregateType::Product => (Kind::Product, views::product(&mut conn, id).await),
+                    AggregateType::Order => (Kind::Order, views::order(&mut conn, id).await),
+                };
+                let Some(view) = view.map_err(|e| e.to_string())? else {
+                    continue;
+                };
+                if let Some(customer) = view.owner {
+                    let revision = views::customer_revision(&mut conn, customer)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    customers.push((customer, revision));
+                }
+                views.push((kind, id, view));
+            }
+            Ok::<_, String>((views, customers))
+        };
+        read.await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read redelivered events' views back; their cache entries age out");
+            (Vec::new(), Vec::new())
+        })
     }
 
     /// Applies `works` in one transaction that also announces what it applied; retries on a

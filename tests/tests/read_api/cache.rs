@@ -222,3 +222,48 @@ async fn redis_down_answers_from_postgres_and_recovers_without_restart() {
     assert_eq!(v, 2);
     drop(redis);
 }
+
+/// The projector died between committing a batch and writing the cache, so the broker
+/// redelivers the batch and its events are now duplicates. The cache must not go on serving
+/// the view from before that batch: a duplicate reads the committed view back into the cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_event_refreshes_the_cache_a_crash_left_behind() {
+    use read_api::projector::{self, Parsed};
+    use read_api::views::{Continuity, Tables};
+    let app = ReadApp::start().await;
+    let v1 = product("REDELIVERED", "first", "d", 100, 5);
+    app.publish(&product_event(&v1)).await;
+    app.wait_version("rv_products", v1.id, 1).await;
+    let path = format!("/v1/products/{}", v1.id);
+    assert_eq!(answer(app.get(&path)).await.body["version"], 1);
+    assert_eq!(answer(app.get(&path)).await.header("x-cache"), Some("hit"));
+
+    // What a crash after the commit leaves: version 2 in the views, version 1 in Redis, and a
+    // fresh process (an empty in-process tier).
+    let v2 = next_product(&v1, |p| p.name = "second".into());
+    let body = serde_json::to_vec(&product_event(&v2)).expect("event");
+    let Ok(Parsed::Event(event)) = projector::parse(&body) else {
+        panic!("the event parses");
+    };
+    let mut conn = app.state().pool.get().await.expect("connection");
+    projector::apply(&mut conn, &Tables::live(), &event, Continuity::Strict)
+        .await
+        .expect("apply");
+    drop(conn);
+    let cache = &app.state().cache;
+    cache.clear_local();
+    let stale = answer(app.get(&path)).await;
+    assert_eq!(stale.body["version"], 1, "the stale entry this test is about");
+
+    // The broker redelivers version 2.
+    app.publish(&product_event(&v2)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.raw_view(Kind::Product, v1.id).await.map(|(v, _)| v) != Some(2) {
+        assert!(std::time::Instant::now() < deadline, "Redis still holds version 1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fresh = answer(app.get(&path)).await;
+    assert_eq!(fresh.body["version"], 2, "{}", fresh.text);
+    assert_eq!(fresh.body["name"], "second");
+    assert!(app.metrics().await.contains("read_events_duplicates_ignored_total 1"));
+}
