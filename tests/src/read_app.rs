@@ -458,3 +458,25 @@ impl ReadApp {
         Replica { addr, service, server }
     }
 }
+
+/// Starts a private `redis-server` on `port` that keeps nothing on disk, with `extra`
+/// arguments (cluster mode, say); its output is discarded.
+pub fn redis_server(port: u16, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server")
+}

@@ -1,11 +1,11 @@
 //! The cache: hit/miss and conditional answers, no older version after an update even under
 //! racing fills, and Redis going away and coming back.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use ordering_tests::process::free_addr;
-use ordering_tests::read_app::{ReadApp, ReadOptions, next_product, product, product_event};
+use ordering_tests::read_app::{ReadApp, ReadOptions, next_product, product, product_event, redis_server};
 use ordering_tests::write_app::answer;
 use read_api::cache::Kind;
 
@@ -119,24 +119,6 @@ async fn the_cache_never_serves_an_older_version_after_an_update() {
     assert_eq!(redis_version, 31);
 }
 
-fn redis_server(port: u16) -> Child {
-    Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--bind",
-            "127.0.0.1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server")
-}
-
 async fn wait_redis(port: u16) {
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -158,7 +140,7 @@ impl Drop for Killed {
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_answers_from_postgres_and_recovers_without_restart() {
     let port = free_addr().port();
-    let mut redis = Killed(redis_server(port));
+    let mut redis = Killed(redis_server(port, &[]));
     wait_redis(port).await;
     let app = ReadApp::start_with(ReadOptions {
         redis_url: format!("redis://127.0.0.1:{port}/0"),
@@ -197,7 +179,7 @@ async fn redis_down_answers_from_postgres_and_recovers_without_restart() {
     assert_eq!(ready.body["dependencies"]["redis"]["ok"], false);
 
     // Redis returns (empty): the cache is used again, and nothing older than the views is in it.
-    redis = Killed(redis_server(port));
+    redis = Killed(redis_server(port, &[]));
     wait_redis(port).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -12,7 +12,7 @@ use ordering_schema::events::{OrderData, OrderStatus, ProductData};
 use ordering_tests::pipeline::metric_sum;
 use ordering_tests::process::free_addr;
 use ordering_tests::read_app::{
-    ReadApp, ReadOptions, next_order, next_product, order, order_event, product, product_event,
+    ReadApp, ReadOptions, next_order, next_product, order, order_event, product, product_event, redis_server,
 };
 use ordering_tests::write_app::{Answer, answer, customer_token};
 use read_api::cache::Kind;
@@ -61,32 +61,26 @@ impl Cluster {
             // beyond 65535 for an ephemeral port.
             let (port, bus) = (free_addr().port(), free_addr().port());
             let dir = cluster.dir.to_str().expect("utf-8 temp dir").to_owned();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
+            let (bus, config, log) = (
+                bus.to_string(),
+                format!("nodes-{port}.conf"),
+                format!("{dir}/redis-{port}.log"),
+            );
+            let child = redis_server(
+                port,
+                &[
                     "--cluster-port",
-                    &bus.to_string(),
+                    &bus,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
+                    &config,
                     "--dir",
                     &dir,
                     "--logfile",
-                    &format!("{dir}/redis-{port}.log"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--bind",
-                    "127.0.0.1",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-server");
+                    &log,
+                ],
+            );
             cluster.nodes.push(child);
             cluster.ports.push(port);
         }
