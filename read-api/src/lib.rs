@@ -35,6 +35,7 @@
 //! can change any page, and a transactional catalog-wide revision would serialize the
 //! projector. Single products, orders, and each customer's lists and summary are cached.
 
+pub mod announcement;
 pub mod app;
 pub mod cache;
 pub mod consistency;

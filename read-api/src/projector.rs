@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::announcement::Announcement;
 use crate::cache::{Cache, Kind};
 use crate::views::{self, Continuity, Outcome, StoredView, Tables};
 
@@ -682,13 +683,7 @@ impl Projector {
                     }
                     let entries: Vec<String> = reached
                         .into_iter()
-                        .map(|((aggregate, id), version)| {
-                            let tag = match aggregate {
-                                AggregateType::Product => 'p',
-                                AggregateType::Order => 'o',
-                            };
-                            format!("{tag}:{}:{version}", id.simple())
-                        })
+                        .map(|((aggregate, id), version)| Announcement::Applied { aggregate, id, version }.to_string())
                         .collect();
                     views::announce(conn, &entries).await?;
                     Ok(outcomes)
