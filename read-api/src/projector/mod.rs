@@ -1,0 +1,212 @@
+//! The projector: consumes the events and applies them to the views.
+//!
+//! - **Own durable quorum queue** bound to the exchange with `#`, manual acks, a prefetch
+//!   window. A message is acknowledged only after the transaction that applied it committed
+//!   (and its cache entries were updated), so a crash at any point means a redelivery, which
+//!   the version guard turns into a counted no-op.
+//! - **Order per aggregate, parallel across aggregates.** Deliveries are routed to one of
+//!   `PROJECTOR_WORKERS` workers by product, or by the order's customer (so one worker owns
+//!   all of a customer's revision bumps); all events of one aggregate go to one worker.
+//! - **Batches.** A worker applies everything waiting in its channel (up to [`MAX_BATCH`]) in
+//!   one transaction: a set-wise statement per aggregate type and round, the events of one
+//!   aggregate in version order ([`apply_all`]), and one notification naming the version
+//!   each aggregate reached (split only if it outgrows PostgreSQL's payload limit). Then the
+//!   cache writes (all in flight at once) and the acknowledgements. Commits, and with them
+//!   the serialised NOTIFY commits, are per batch instead of per event.
+//! - **Gaps** (an event whose predecessor is not applied yet, e.g. it went to another
+//!   instance consuming the same queue) are held back, unacknowledged, and retried with the
+//!   next delivery of that aggregate or on a short timer; they are counted once.
+//! - **Poison** (a body that is not a well-formed event of a known type) is rejected without
+//!   requeue, so the broker dead-letters it to `<queue>.dead`; the queue never blocks.
+//!   Events of an unknown `type` or `aggregatetype` are acknowledged and counted.
+
+mod apply;
+mod event;
+mod topology;
+mod worker;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::Acker;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use ordering_platform::db::PgPool;
+use ordering_schema::events::AggregateType;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use apply::{apply, apply_all};
+pub use event::{Event, Parsed, Poison, parse};
+pub use topology::{Topology, declare};
+
+use crate::cache::Cache;
+
+/// The running projector's shared state.
+#[derive(Clone)]
+pub struct Projector {
+    pool: PgPool,
+    cache: Cache,
+    topology: Topology,
+    connected: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+struct Metrics {
+    applied_product: metrics::Counter,
+    applied_order: metrics::Counter,
+    duplicates: metrics::Counter,
+    gaps: metrics::Counter,
+    held: metrics::Gauge,
+    unknown: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    lag: metrics::Gauge,
+}
+
+pub(crate) struct Work {
+    event: Event,
+    acker: Acker,
+}
+
+pub(crate) type Key = (AggregateType, Uuid);
+
+impl Projector {
+    /// A projector applying to the live views in `pool`.
+    pub fn new(pool: PgPool, cache: Cache, topology: Topology) -> Self {
+        let metrics = Metrics {
+            applied_product: metrics::counter!("read_events_applied_total", "aggregate" => "product"),
+            applied_order: metrics::counter!("read_events_applied_total", "aggregate" => "order"),
+            duplicates: metrics::counter!("read_events_duplicates_ignored_total"),
+            gaps: metrics::counter!("read_events_gaps_held_total"),
+            held: metrics::gauge!("read_events_held"),
+            unknown: metrics::counter!("read_events_unknown_total"),
+            dead_lettered: metrics::counter!("read_events_dead_lettered_total"),
+            lag: metrics::gauge!("read_projection_lag_seconds"),
+        };
+        Self {
+            pool,
+            cache,
+            topology,
+            connected: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::new(metrics),
+        }
+    }
+
+    /// Whether the projector is connected to the broker and consuming.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// A handle on the connected flag (for readiness).
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
+    }
+
+    /// Consumes until `stop`, reconnecting with backoff when the broker goes away. On `stop`
+    /// it cancels the consumer, lets the workers finish what they were given, and closes.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !stop.is_cancelled() {
+            match self.session(&stop).await {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) => tracing::warn!(error = %e, "projector: broker session ended"),
+            }
+            self.connected.store(false, Ordering::Relaxed);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+        tracing::info!("projector stopped");
+    }
+
+    async fn session(&self, stop: &CancellationToken) -> Result<(), lapin::Error> {
+        let props = ConnectionProperties::default().with_connection_name("read-api projector".into());
+        let conn = Connection::connect(&self.topology.amqp_url, props).await?;
+        let ch = conn.create_channel().await?;
+        declare(&ch, &self.topology).await?;
+        ch.basic_qos(self.topology.prefetch, BasicQosOptions::default()).await?;
+        let tag = format!("read-api-{}", Uuid::new_v4().simple());
+        let mut consumer = ch
+            .basic_consume(
+                self.topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.connected.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %self.topology.queue, "projector consuming");
+
+        let n = self.topology.workers;
+        let mut senders = Vec::with_capacity(n);
+        let mut workers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::channel::<Work>(usize::from(self.topology.prefetch).max(1));
+            senders.push(tx);
+            workers.push(tokio::spawn(self.clone().worker(rx, stop.clone())));
+        }
+        let result = loop {
+            let next = tokio::select! {
+                d = consumer.next() => d,
+                () = stop.cancelled() => break Ok(()),
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            };
+            match parse(&delivery.data) {
+                Ok(Parsed::Event(event)) => {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    event.route().hash(&mut h);
+                    let i = (h.finish() % n as u64) as usize;
+                    if senders[i]
+                        .send(Work {
+                            event: *event,
+                            acker: delivery.acker,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        break Ok(());
+                    }
+                }
+                Ok(Parsed::Unknown(what)) => {
+                    tracing::debug!(what, "acknowledging an event this version does not know");
+                    self.metrics.unknown.increment(1);
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                }
+                Err(poison) => {
+                    tracing::warn!(error = %poison, routing_key = %delivery.routing_key, "dead-lettering");
+                    self.metrics.dead_lettered.increment(1);
+                    let _ = delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: false,
+                            multiple: false,
+                        })
+                        .await;
+                }
+            }
+        };
+        // Stop taking deliveries, then let the workers finish what they hold.
+        let _ = ch
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        drop(senders);
+        for w in workers {
+            let _ = w.await;
+        }
+        self.connected.store(false, Ordering::Relaxed);
+        let _ = ch.close(200, "bye".into()).await;
+        let _ = conn.close(200, "bye".into()).await;
+        result
+    }
+}
