@@ -34,6 +34,8 @@ pub struct ReadOptions {
     /// Declare `<exchange>.log` bound with `#` (as the relay does), for rebuild tests.
     pub stream: bool,
     pub workers: usize,
+    /// `GAP_TIMEOUT`.
+    pub gap_timeout: Duration,
 }
 
 impl Default for ReadOptions {
@@ -43,6 +45,7 @@ impl Default for ReadOptions {
             consistency_wait: Duration::from_millis(3000),
             stream: false,
             workers: 4,
+            gap_timeout: read_api::settings::DEFAULT_GAP_TIMEOUT,
         }
     }
 }
@@ -87,6 +90,7 @@ impl ReadApp {
             stream: format!("{name}.log"),
             prefetch: 256,
             workers: opts.workers,
+            gap_timeout: opts.gap_timeout,
             projector: true,
             limits: HttpLimits::default(),
         };

@@ -84,6 +84,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Poison> {
         Some(_) => {}
     }
     let subject = Uuid::parse_str(&env.subject).map_err(|_| Poison("subject is not a UUID".into()))?;
+    if contains_nul(&env.data) {
+        // PostgreSQL stores no NUL in text or jsonb: it would refuse the event anyway.
+        return Err(Poison("data holds a NUL character".into()));
+    }
     if env.sequence < 1 {
         return Err(Poison(format!("sequence {} is not positive", env.sequence)));
     }
@@ -113,6 +117,16 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Poison> {
         }
     };
     Ok(Parsed::Event(Box::new(event)))
+}
+
+/// Whether any string (or key) in `v` holds a NUL.
+fn contains_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(contains_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +172,9 @@ mod tests {
         v["data"] = serde_json::json!({"id": 1});
         assert!(parse(&serde_json::to_vec(&v).unwrap()).is_err());
         assert!(parse(b"{not json").is_err());
+        let mut nul = serde_json::to_value(&ev).unwrap();
+        nul["data"]["name"] = "a\u{0}b".into();
+        assert!(parse(&serde_json::to_vec(&nul).unwrap()).is_err());
         v["aggregatetype"] = "order".into();
         assert!(parse(&serde_json::to_vec(&v).unwrap()).is_err());
     }

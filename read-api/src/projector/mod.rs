@@ -22,6 +22,7 @@
 
 mod apply;
 mod event;
+mod failure;
 mod topology;
 mod worker;
 
@@ -64,7 +65,10 @@ struct Metrics {
     gaps: metrics::Counter,
     held: metrics::Gauge,
     unknown: metrics::Counter,
-    dead_lettered: metrics::Counter,
+    /// Messages that are not well-formed events.
+    poison: metrics::Counter,
+    /// Events the database refuses.
+    refused: metrics::Counter,
     lag: metrics::Gauge,
 }
 
@@ -85,7 +89,8 @@ impl Projector {
             gaps: metrics::counter!("read_events_gaps_held_total"),
             held: metrics::gauge!("read_events_held"),
             unknown: metrics::counter!("read_events_unknown_total"),
-            dead_lettered: metrics::counter!("read_events_dead_lettered_total"),
+            poison: metrics::counter!("read_events_dead_lettered_total", "reason" => "poison"),
+            refused: metrics::counter!("read_events_dead_lettered_total", "reason" => "refused"),
             lag: metrics::gauge!("read_projection_lag_seconds"),
         };
         Self {
@@ -185,7 +190,7 @@ impl Projector {
                 }
                 Err(poison) => {
                     tracing::warn!(error = %poison, routing_key = %delivery.routing_key, "dead-lettering");
-                    self.metrics.dead_lettered.increment(1);
+                    self.metrics.poison.increment(1);
                     let _ = delivery
                         .acker
                         .nack(BasicNackOptions {

@@ -3,15 +3,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use lapin::Acker;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use ordering_schema::events::AggregateType;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::failure::{self, CommitError, Failure};
 use super::{Event, Key, Projector, Work, apply_all};
 use crate::announcement::Announcement;
 use crate::cache::Kind;
@@ -22,6 +24,18 @@ type Held = HashMap<Key, BTreeMap<i64, Work>>;
 
 /// The most deliveries one worker applies in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// How often a failure that is neither known to be transient nor a refusal is retried before
+/// the events are given up (one by one, so only the one that causes it is lost).
+const UNEXPECTED_RETRIES: usize = 5;
+
+/// What became of one event.
+enum Settled {
+    /// Committed (or found a duplicate, or a gap).
+    Done(Outcome),
+    /// The database refuses it: it goes to the dead-letter queue.
+    Refused(CommitError),
+}
 
 impl Projector {
     /// Applies what it is given in batches: everything waiting in its channel (up to
@@ -91,7 +105,8 @@ impl Projector {
             ack_all(settle).await;
             return;
         }
-        let Some(outcomes) = self.commit(&works, stop).await else {
+        let events: Vec<&Event> = works.iter().map(|(w, _)| &w.event).collect();
+        let Some(outcomes) = self.commit(&events, stop).await else {
             // Stopping: nothing is acknowledged; the broker redelivers.
             return;
         };
@@ -101,7 +116,17 @@ impl Projector {
         // Aggregates of which an event came again although its view already had it.
         let mut redelivered: Vec<Key> = Vec::new();
         let mut latest: Option<DateTime<Utc>> = None;
-        for ((w, was_held), outcome) in works.into_iter().zip(outcomes) {
+        let mut refused: Vec<Acker> = Vec::new();
+        for ((w, was_held), settled) in works.into_iter().zip(outcomes) {
+            let outcome = match settled {
+                Settled::Done(outcome) => outcome,
+                Settled::Refused(e) => {
+                    tracing::warn!(error = %e, sequence = w.event.sequence(), key = ?w.event.key(), "dead-lettering an event the database refuses");
+                    self.metrics.refused.increment(1);
+                    refused.push(w.acker);
+                    continue;
+                }
+            };
             match outcome {
                 Outcome::Applied { doc, revision } => {
                     latest = latest.max(Some(w.event.time()));
@@ -167,6 +192,7 @@ impl Projector {
         self.cache.publish_views(views).await;
         self.cache.publish_customers(customers.into_iter().collect()).await;
         ack_all(settle).await;
+        dead_letter_all(refused).await;
     }
 
     /// The views of `keys` as committed, and their customers' revisions, for the cache.
@@ -210,50 +236,95 @@ impl Projector {
         })
     }
 
-    /// Applies `works` in one transaction that also announces what it applied; retries on a
-    /// database failure until `stop` (then `None`).
-    async fn commit(&self, works: &[(Work, bool)], stop: &CancellationToken) -> Option<Vec<Outcome>> {
-        let tables = Tables::live();
-        let events: Vec<&Event> = works.iter().map(|(w, _)| &w.event).collect();
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let attempt = async {
-                let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-                conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-                    let outcomes = apply_all(conn, &tables, &events, Continuity::Strict).await?;
-                    // The highest version each aggregate reached (events come in order).
-                    let mut reached: HashMap<Key, i64> = HashMap::new();
-                    for (e, o) in events.iter().zip(&outcomes) {
-                        if matches!(o, Outcome::Applied { .. }) {
-                            reached.insert(e.key(), e.sequence());
-                        }
-                    }
-                    let entries: Vec<String> = reached
-                        .into_iter()
-                        .map(|((aggregate, id), version)| Announcement::Applied { aggregate, id, version }.to_string())
-                        .collect();
-                    views::announce(conn, &entries).await?;
-                    Ok(outcomes)
-                })
-                .await
-                .map_err(|e| e.to_string())
-            };
-            match attempt.await {
-                Ok(o) => return Some(o),
-                Err(e) => {
-                    tracing::warn!(error = %e, events = works.len(), "projector: applying failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stop.cancelled() => return None,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+    /// Applies `events` in one transaction that also announces what it applied, and says
+    /// what became of each (in input order); `None` if `stop` came first.
+    ///
+    /// A batch the database refuses is applied again event by event, so that only the
+    /// event it refuses is given up and every other one applies.
+    async fn commit(&self, events: &[&Event], stop: &CancellationToken) -> Option<Vec<Settled>> {
+        match self.commit_retrying(events, stop).await? {
+            Ok(outcomes) => Some(outcomes.into_iter().map(Settled::Done).collect()),
+            Err(e) if events.len() == 1 => Some(vec![Settled::Refused(e)]),
+            Err(e) => {
+                tracing::warn!(error = %e, events = events.len(), "projector: a batch was refused; applying its events one by one");
+                let mut settled = Vec::with_capacity(events.len());
+                for event in events {
+                    settled.extend(Box::pin(self.commit(&[*event], stop)).await?);
                 }
+                Some(settled)
             }
         }
+    }
+
+    /// One transaction applying `events`, retried with backoff while the failure is transient
+    /// (for ever) or unexpected (at most [`UNEXPECTED_RETRIES`] times); `None` if `stop`
+    /// came first, `Some(Err)` once the failure says the events can not be applied.
+    async fn commit_retrying(
+        &self,
+        events: &[&Event],
+        stop: &CancellationToken,
+    ) -> Option<Result<Vec<Outcome>, CommitError>> {
+        let mut unexpected = 0;
+        let attempts = (|| self.transaction(events))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .without_max_times(),
+            )
+            .when(|e| match failure::classify(e) {
+                Failure::Transient => true,
+                Failure::Refused => false,
+                Failure::Unexpected => {
+                    unexpected += 1;
+                    unexpected <= UNEXPECTED_RETRIES
+                }
+            })
+            .notify(|e, after| {
+                tracing::warn!(error = %e, events = events.len(), ?after, "projector: applying failed; retrying");
+            });
+        tokio::select! {
+            r = attempts => Some(r),
+            () = stop.cancelled() => None,
+        }
+    }
+
+    async fn transaction(&self, events: &[&Event]) -> Result<Vec<Outcome>, CommitError> {
+        let tables = Tables::live();
+        let mut conn = self.pool.get().await?;
+        let outcomes = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let outcomes = apply_all(conn, &tables, events, Continuity::Strict).await?;
+                // The highest version each aggregate reached (events come in order).
+                let mut reached: HashMap<Key, i64> = HashMap::new();
+                for (e, o) in events.iter().zip(&outcomes) {
+                    if matches!(o, Outcome::Applied { .. }) {
+                        reached.insert(e.key(), e.sequence());
+                    }
+                }
+                let entries: Vec<String> = reached
+                    .into_iter()
+                    .map(|((aggregate, id), version)| Announcement::Applied { aggregate, id, version }.to_string())
+                    .collect();
+                views::announce(conn, &entries).await?;
+                Ok(outcomes)
+            })
+            .await?;
+        Ok(outcomes)
     }
 }
 
 /// Acknowledges `ackers`, all frames in flight at once.
 async fn ack_all(ackers: Vec<Acker>) {
     futures::future::join_all(ackers.iter().map(|a| a.ack(BasicAckOptions::default()))).await;
+}
+
+/// Rejects `ackers` without requeueing: the broker moves them to the dead-letter queue.
+async fn dead_letter_all(ackers: Vec<Acker>) {
+    let reject = BasicNackOptions {
+        requeue: false,
+        multiple: false,
+    };
+    futures::future::join_all(ackers.iter().map(|a| a.nack(reject))).await;
 }
