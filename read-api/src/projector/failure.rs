@@ -68,7 +68,8 @@ pub fn classify(e: &CommitError) -> Failure {
     }
 }
 
-fn classify_db(e: &Error) -> Failure {
+/// Classifies a database error (see [`classify`]).
+pub fn classify_db(e: &Error) -> Failure {
     match e {
         Error::DatabaseError(kind, info) => match kind {
             DatabaseErrorKind::SerializationFailure

@@ -23,6 +23,8 @@
 mod apply;
 mod event;
 mod failure;
+mod parking;
+mod sweep;
 mod topology;
 mod worker;
 
@@ -33,7 +35,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::Acker;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use ordering_platform::db::PgPool;
@@ -44,6 +48,7 @@ use uuid::Uuid;
 
 pub use apply::{apply, apply_all};
 pub use event::{Event, Parsed, Poison, parse};
+pub use sweep::{GAP_REPORT_FOR, GapReport, REASON_HEADER};
 pub use topology::{Topology, declare};
 
 use crate::cache::Cache;
@@ -56,6 +61,9 @@ pub struct Projector {
     topology: Topology,
     connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    /// `GAP_TIMEOUT`.
+    gap_timeout: Duration,
+    gap_report: Arc<GapReport>,
 }
 
 struct Metrics {
@@ -63,7 +71,12 @@ struct Metrics {
     applied_order: metrics::Counter,
     duplicates: metrics::Counter,
     gaps: metrics::Counter,
-    held: metrics::Gauge,
+    /// Events parked (all instances), as of the last sweep.
+    parked: metrics::Gauge,
+    /// Gaps timed out within [`GAP_REPORT_FOR`].
+    gaps_timed_out: metrics::Gauge,
+    /// Parked events moved to the dead-letter queue.
+    timed_out: metrics::Counter,
     unknown: metrics::Counter,
     /// Messages that are not well-formed events.
     poison: metrics::Counter,
@@ -75,19 +88,25 @@ struct Metrics {
 pub(crate) struct Work {
     event: Event,
     acker: Acker,
+    /// The message as delivered, kept to park it.
+    routing_key: String,
+    body: Vec<u8>,
 }
 
 pub(crate) type Key = (AggregateType, Uuid);
 
 impl Projector {
-    /// A projector applying to the live views in `pool`.
-    pub fn new(pool: PgPool, cache: Cache, topology: Topology) -> Self {
+    /// A projector applying to the live views in `pool`; gaps older than `gap_timeout` are
+    /// given up.
+    pub fn new(pool: PgPool, cache: Cache, topology: Topology, gap_timeout: Duration) -> Self {
         let metrics = Metrics {
             applied_product: metrics::counter!("read_events_applied_total", "aggregate" => "product"),
             applied_order: metrics::counter!("read_events_applied_total", "aggregate" => "order"),
             duplicates: metrics::counter!("read_events_duplicates_ignored_total"),
             gaps: metrics::counter!("read_events_gaps_held_total"),
-            held: metrics::gauge!("read_events_held"),
+            parked: metrics::gauge!("read_events_parked"),
+            gaps_timed_out: metrics::gauge!("read_gaps_timed_out"),
+            timed_out: metrics::counter!("read_events_dead_lettered_total", "reason" => "gap_timeout"),
             unknown: metrics::counter!("read_events_unknown_total"),
             poison: metrics::counter!("read_events_dead_lettered_total", "reason" => "poison"),
             refused: metrics::counter!("read_events_dead_lettered_total", "reason" => "refused"),
@@ -99,6 +118,8 @@ impl Projector {
             topology,
             connected: Arc::new(AtomicBool::new(false)),
             metrics: Arc::new(metrics),
+            gap_timeout,
+            gap_report: Arc::default(),
         }
     }
 
@@ -110,6 +131,11 @@ impl Projector {
     /// A handle on the connected flag (for readiness).
     pub fn connected_flag(&self) -> Arc<AtomicBool> {
         self.connected.clone()
+    }
+
+    /// Gaps that timed out lately (for readiness).
+    pub fn gap_report(&self) -> Arc<GapReport> {
+        self.gap_report.clone()
     }
 
     /// Consumes until `stop`, reconnecting with backoff when the broker goes away. On `stop`
@@ -137,6 +163,8 @@ impl Projector {
         let ch = conn.create_channel().await?;
         declare(&ch, &self.topology).await?;
         ch.basic_qos(self.topology.prefetch, BasicQosOptions::default()).await?;
+        let dead_letters = conn.create_channel().await?;
+        dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
         let tag = format!("read-api-{}", Uuid::new_v4().simple());
         let mut consumer = ch
             .basic_consume(
@@ -157,6 +185,8 @@ impl Projector {
             senders.push(tx);
             workers.push(tokio::spawn(self.clone().worker(rx, stop.clone())));
         }
+        let sweep_stop = stop.child_token();
+        let sweeper = tokio::spawn(self.clone().sweeper(dead_letters.clone(), sweep_stop.clone()));
         let result = loop {
             let next = tokio::select! {
                 d = consumer.next() => d,
@@ -176,6 +206,8 @@ impl Projector {
                         .send(Work {
                             event: *event,
                             acker: delivery.acker,
+                            routing_key: delivery.routing_key.to_string(),
+                            body: delivery.data,
                         })
                         .await
                         .is_err()
@@ -209,6 +241,9 @@ impl Projector {
         for w in workers {
             let _ = w.await;
         }
+        sweep_stop.cancel();
+        let _ = sweeper.await;
+        let _ = dead_letters.close(200, "bye".into()).await;
         self.connected.store(false, Ordering::Relaxed);
         let _ = ch.close(200, "bye".into()).await;
         let _ = conn.close(200, "bye".into()).await;

@@ -21,7 +21,7 @@ impl Topology {
         format!("{}.dead", self.queue)
     }
 
-    fn dead_letter_exchange(&self) -> String {
+    pub(super) fn dead_letter_exchange(&self) -> String {
         format!("{}.dlx", self.queue)
     }
 }

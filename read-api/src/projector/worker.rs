@@ -1,11 +1,12 @@
-//! The workers: each applies the deliveries routed to it in batches, one transaction each.
+//! The workers: each applies the deliveries routed to it in batches, one transaction each,
+//! parking gaps and applying the parked events whose gap the batch fills.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use ordering_schema::events::AggregateType;
@@ -14,13 +15,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::failure::{self, CommitError, Failure};
-use super::{Event, Key, Projector, Work, apply_all};
+use super::parking::{self, Parked, ToPark};
+use super::{Event, Key, Parsed, Projector, Work, apply_all, parse};
 use crate::announcement::Announcement;
 use crate::cache::Kind;
 use crate::views::{self, Continuity, Outcome, StoredView, Tables};
-
-/// Events held back per aggregate, by version.
-type Held = HashMap<Key, BTreeMap<i64, Work>>;
 
 /// The most deliveries one worker applies in one transaction.
 const MAX_BATCH: usize = 512;
@@ -31,147 +30,148 @@ const UNEXPECTED_RETRIES: usize = 5;
 
 /// What became of one event.
 enum Settled {
-    /// Committed (or found a duplicate, or a gap).
+    /// Committed: applied, a duplicate, or parked (a gap).
     Done(Outcome),
     /// The database refuses it: it goes to the dead-letter queue.
     Refused(CommitError),
 }
 
+/// What one transaction did.
+pub(super) struct Committed {
+    /// Per event given, what applying it did (a gap was parked).
+    outcomes: Vec<Outcome>,
+    /// Parked events it applied because their gap filled, and what applying them did.
+    pub(super) drained: Vec<(Event, Outcome)>,
+}
+
+/// What committed transactions changed, for the cache.
+#[derive(Default)]
+pub(super) struct Changes {
+    views: HashMap<Key, (i64, Option<Uuid>, String)>,
+    customers: HashMap<Uuid, i64>,
+    /// Aggregates of which an event came again although its view already had it.
+    redelivered: Vec<Key>,
+    latest: Option<DateTime<Utc>>,
+}
+
 impl Projector {
     /// Applies what it is given in batches: everything waiting in its channel (up to
     /// [`MAX_BATCH`]) goes into one transaction with one announcement, and is acknowledged
-    /// after the commit and the cache updates. Gaps are held back (unacknowledged) and tried
-    /// again with the next delivery of their aggregate or on a short timer.
+    /// after the commit and the cache updates. Gaps are parked in that transaction and
+    /// acknowledged with the rest.
     pub(super) async fn worker(self, mut rx: mpsc::Receiver<Work>, stop: CancellationToken) {
-        let mut held: Held = HashMap::new();
-        let mut held_count = 0usize;
-        let mut retry = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            let mut fresh = Vec::new();
-            let mut retry_held = false;
-            tokio::select! {
-                w = rx.recv() => match w {
-                    Some(w) => fresh.push(w),
-                    None => break,
-                },
-                _ = retry.tick(), if !held.is_empty() => retry_held = true,
-            }
+        while let Some(first) = rx.recv().await {
+            let mut fresh = vec![first];
             while fresh.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(w) => fresh.push(w),
                     Err(_) => break,
                 }
             }
-            self.batch(&mut held, fresh, retry_held, &stop).await;
-            let now = held.values().map(BTreeMap::len).sum::<usize>();
-            // The gauge is shared by the workers: each adds its own change.
-            self.metrics.held.increment(now as f64 - held_count as f64);
-            held_count = now;
+            self.batch(fresh, &stop).await;
         }
-        self.metrics.held.decrement(held_count as f64);
-        // Held events stay unacknowledged: the broker redelivers them.
     }
 
-    /// Applies `fresh` deliveries, with the held events of their aggregates (all held events
-    /// if `retry_held`), in one transaction.
-    async fn batch(&self, held: &mut Held, fresh: Vec<Work>, retry_held: bool, stop: &CancellationToken) {
-        // Per aggregate, its events in version order; `true` marks those held before.
-        let mut queues: HashMap<Key, BTreeMap<i64, (Work, bool)>> = HashMap::new();
-        let take = |q: BTreeMap<i64, Work>| q.into_iter().map(|(s, w)| (s, (w, true))).collect();
-        if retry_held {
-            for (k, q) in held.drain() {
-                queues.insert(k, take(q));
-            }
-        }
+    /// Applies `fresh` deliveries in one transaction (or, if the database refuses it, one
+    /// transaction per delivery), then updates the cache and settles them with the broker.
+    async fn batch(&self, fresh: Vec<Work>, stop: &CancellationToken) {
+        // Per aggregate, its events in version order.
+        let mut queues: HashMap<Key, BTreeMap<i64, Work>> = HashMap::new();
         let mut settle: Vec<Acker> = Vec::new();
         for w in fresh {
-            let key = w.event.key();
-            let queue = queues
-                .entry(key)
-                .or_insert_with(|| held.remove(&key).map(take).unwrap_or_default());
-            match queue.entry(w.event.sequence()) {
+            match queues.entry(w.event.key()).or_default().entry(w.event.sequence()) {
                 std::collections::btree_map::Entry::Occupied(_) => {
                     // A second copy of an event already in hand: the first will be applied.
                     self.metrics.duplicates.increment(1);
                     settle.push(w.acker);
                 }
                 std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert((w, false));
+                    slot.insert(w);
                 }
             }
         }
-        let works: Vec<(Work, bool)> = queues.into_values().flat_map(BTreeMap::into_values).collect();
-        if works.is_empty() {
-            ack_all(settle).await;
-            return;
-        }
-        let events: Vec<&Event> = works.iter().map(|(w, _)| &w.event).collect();
-        let Some(outcomes) = self.commit(&events, stop).await else {
+        let works: Vec<Work> = queues.into_values().flat_map(BTreeMap::into_values).collect();
+        let refs: Vec<&Work> = works.iter().collect();
+        let Some((settled, drained)) = self.commit(&refs, stop).await else {
             // Stopping: nothing is acknowledged; the broker redelivers.
             return;
         };
-
-        let mut views: HashMap<Key, (i64, Option<Uuid>, String)> = HashMap::new();
-        let mut customers: HashMap<Uuid, i64> = HashMap::new();
-        // Aggregates of which an event came again although its view already had it.
-        let mut redelivered: Vec<Key> = Vec::new();
-        let mut latest: Option<DateTime<Utc>> = None;
+        let mut changes = Changes::default();
         let mut refused: Vec<Acker> = Vec::new();
-        for ((w, was_held), settled) in works.into_iter().zip(outcomes) {
-            let outcome = match settled {
-                Settled::Done(outcome) => outcome,
+        for (w, settled) in works.into_iter().zip(settled) {
+            match settled {
+                Settled::Done(Outcome::Gap { have }) => {
+                    tracing::debug!(
+                        have,
+                        sequence = w.event.sequence(),
+                        "parked an event: its predecessor is not applied yet"
+                    );
+                    self.metrics.gaps.increment(1);
+                    settle.push(w.acker);
+                }
+                Settled::Done(outcome) => {
+                    self.record(&mut changes, &w.event, outcome);
+                    settle.push(w.acker);
+                }
                 Settled::Refused(e) => {
                     tracing::warn!(error = %e, sequence = w.event.sequence(), key = ?w.event.key(), "dead-lettering an event the database refuses");
                     self.metrics.refused.increment(1);
                     refused.push(w.acker);
-                    continue;
-                }
-            };
-            match outcome {
-                Outcome::Applied { doc, revision } => {
-                    latest = latest.max(Some(w.event.time()));
-                    let owner = match &w.event {
-                        Event::Product { .. } => {
-                            self.metrics.applied_product.increment(1);
-                            None
-                        }
-                        Event::Order { data, .. } => {
-                            self.metrics.applied_order.increment(1);
-                            if let Some(rev) = revision {
-                                let r = customers.entry(data.customer_id).or_insert(rev);
-                                *r = (*r).max(rev);
-                            }
-                            Some(data.customer_id)
-                        }
-                    };
-                    // Events of one aggregate come in version order: the last one stays.
-                    views.insert(w.event.key(), (w.event.sequence(), owner, doc));
-                    settle.push(w.acker);
-                }
-                Outcome::Duplicate => {
-                    self.metrics.duplicates.increment(1);
-                    redelivered.push(w.event.key());
-                    settle.push(w.acker);
-                }
-                Outcome::Gap { have } => {
-                    tracing::debug!(
-                        have,
-                        sequence = w.event.sequence(),
-                        "holding an event back: its predecessor is not applied yet"
-                    );
-                    if !was_held {
-                        self.metrics.gaps.increment(1);
-                    }
-                    held.entry(w.event.key()).or_default().insert(w.event.sequence(), w);
                 }
             }
         }
+        for (event, outcome) in drained {
+            self.record(&mut changes, &event, outcome);
+        }
+        // Committed: now the cache (compare-and-set on the version, so never older over
+        // newer), then the acknowledgements.
+        self.publish(changes).await;
+        ack_all(settle).await;
+        dead_letter_all(refused).await;
+    }
+
+    /// Adds what applying `event` did to `changes` (and the metrics).
+    pub(super) fn record(&self, changes: &mut Changes, event: &Event, outcome: Outcome) {
+        match outcome {
+            Outcome::Applied { doc, revision } => {
+                changes.latest = changes.latest.max(Some(event.time()));
+                let owner = match event {
+                    Event::Product { .. } => {
+                        self.metrics.applied_product.increment(1);
+                        None
+                    }
+                    Event::Order { data, .. } => {
+                        self.metrics.applied_order.increment(1);
+                        if let Some(rev) = revision {
+                            let r = changes.customers.entry(data.customer_id).or_insert(rev);
+                            *r = (*r).max(rev);
+                        }
+                        Some(data.customer_id)
+                    }
+                };
+                // Events of one aggregate come in version order: the last one stays.
+                changes.views.insert(event.key(), (event.sequence(), owner, doc));
+            }
+            Outcome::Duplicate => {
+                self.metrics.duplicates.increment(1);
+                changes.redelivered.push(event.key());
+            }
+            Outcome::Gap { .. } => {}
+        }
+    }
+
+    /// Writes committed `changes` to the cache.
+    pub(super) async fn publish(&self, changes: Changes) {
+        let Changes {
+            views,
+            mut customers,
+            mut redelivered,
+            latest,
+        } = changes;
         if let Some(t) = latest {
             let lag = (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0;
             self.metrics.lag.set(lag);
         }
-        // Committed: now the cache (compare-and-set on the version, so never older over
-        // newer), then the acknowledgements.
         redelivered.retain(|k| !views.contains_key(k));
         let (mut refreshed, refreshed_customers) = self.committed_views(redelivered).await;
         for (customer, revision) in refreshed_customers {
@@ -191,8 +191,6 @@ impl Projector {
             .collect();
         self.cache.publish_views(views).await;
         self.cache.publish_customers(customers.into_iter().collect()).await;
-        ack_all(settle).await;
-        dead_letter_all(refused).await;
     }
 
     /// The views of `keys` as committed, and their customers' revisions, for the cache.
@@ -235,37 +233,43 @@ impl Projector {
             (Vec::new(), Vec::new())
         })
     }
+}
 
-    /// Applies `events` in one transaction that also announces what it applied, and says
-    /// what became of each (in input order); `None` if `stop` came first.
+impl Projector {
+    /// Applies `works` in one transaction, and says what became of each (in input order)
+    /// and which parked events it applied; `None` if `stop` came first.
     ///
     /// A batch the database refuses is applied again event by event, so that only the
     /// event it refuses is given up and every other one applies.
-    async fn commit(&self, events: &[&Event], stop: &CancellationToken) -> Option<Vec<Settled>> {
-        match self.commit_retrying(events, stop).await? {
-            Ok(outcomes) => Some(outcomes.into_iter().map(Settled::Done).collect()),
-            Err(e) if events.len() == 1 => Some(vec![Settled::Refused(e)]),
+    async fn commit(&self, works: &[&Work], stop: &CancellationToken) -> Option<(Vec<Settled>, Vec<(Event, Outcome)>)> {
+        match self.commit_retrying(works, &[], stop).await? {
+            Ok(c) => Some((c.outcomes.into_iter().map(Settled::Done).collect(), c.drained)),
+            Err(e) if works.len() == 1 => Some((vec![Settled::Refused(e)], Vec::new())),
             Err(e) => {
-                tracing::warn!(error = %e, events = events.len(), "projector: a batch was refused; applying its events one by one");
-                let mut settled = Vec::with_capacity(events.len());
-                for event in events {
-                    settled.extend(Box::pin(self.commit(&[*event], stop)).await?);
+                tracing::warn!(error = %e, events = works.len(), "projector: a batch was refused; applying its events one by one");
+                let mut settled = Vec::with_capacity(works.len());
+                let mut drained = Vec::new();
+                for w in works {
+                    let (s, d) = Box::pin(self.commit(&[*w], stop)).await?;
+                    settled.extend(s);
+                    drained.extend(d);
                 }
-                Some(settled)
+                Some((settled, drained))
             }
         }
     }
 
-    /// One transaction applying `events`, retried with backoff while the failure is transient
-    /// (for ever) or unexpected (at most [`UNEXPECTED_RETRIES`] times); `None` if `stop`
-    /// came first, `Some(Err)` once the failure says the events can not be applied.
-    async fn commit_retrying(
+    /// [`Self::transaction`], retried with backoff while the failure is transient (for ever)
+    /// or unexpected (at most [`UNEXPECTED_RETRIES`] times); `None` if `stop` came first,
+    /// `Some(Err)` once the failure says the events can not be applied.
+    pub(super) async fn commit_retrying(
         &self,
-        events: &[&Event],
+        works: &[&Work],
+        also: &[Key],
         stop: &CancellationToken,
-    ) -> Option<Result<Vec<Outcome>, CommitError>> {
+    ) -> Option<Result<Committed, CommitError>> {
         let mut unexpected = 0;
-        let attempts = (|| self.transaction(events))
+        let attempts = (|| self.transaction(works, also))
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(50))
@@ -282,7 +286,7 @@ impl Projector {
                 }
             })
             .notify(|e, after| {
-                tracing::warn!(error = %e, events = events.len(), ?after, "projector: applying failed; retrying");
+                tracing::warn!(error = %e, events = works.len(), ?after, "projector: applying failed; retrying");
             });
         tokio::select! {
             r = attempts => Some(r),
@@ -290,15 +294,45 @@ impl Projector {
         }
     }
 
-    async fn transaction(&self, events: &[&Event]) -> Result<Vec<Outcome>, CommitError> {
+    /// One transaction: takes the locks of the aggregates of `works` and `also`, applies
+    /// `works`, parks the gaps among them, applies the parked events whose gap is now filled
+    /// (of those aggregates), and announces the versions reached.
+    async fn transaction(&self, works: &[&Work], also: &[Key]) -> Result<Committed, CommitError> {
         let tables = Tables::live();
+        let mut keys: Vec<Key> = works
+            .iter()
+            .map(|w| w.event.key())
+            .chain(also.iter().copied())
+            .collect();
+        keys.sort_unstable_by_key(|(a, id)| (a.as_str(), *id));
+        keys.dedup();
+        let events: Vec<&Event> = works.iter().map(|w| &w.event).collect();
         let mut conn = self.pool.get().await?;
-        let outcomes = conn
+        let committed = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
-                let outcomes = apply_all(conn, &tables, events, Continuity::Strict).await?;
+                parking::lock(conn, &keys).await?;
+                let outcomes = apply_all(conn, &tables, &events, Continuity::Strict).await?;
+                let gaps: Vec<ToPark<'_>> = works
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, o)| matches!(o, Outcome::Gap { .. }))
+                    .map(|(w, _)| ToPark {
+                        key: w.event.key(),
+                        sequence: w.event.sequence(),
+                        routing_key: &w.routing_key,
+                        body: &w.body,
+                    })
+                    .collect();
+                parking::park(conn, &gaps).await?;
+                let drained = drain(conn, &tables, &keys).await?;
                 // The highest version each aggregate reached (events come in order).
                 let mut reached: HashMap<Key, i64> = HashMap::new();
-                for (e, o) in events.iter().zip(&outcomes) {
+                let applied = events
+                    .iter()
+                    .copied()
+                    .zip(&outcomes)
+                    .chain(drained.iter().map(|(e, o)| (e, o)));
+                for (e, o) in applied {
                     if matches!(o, Outcome::Applied { .. }) {
                         reached.insert(e.key(), e.sequence());
                     }
@@ -308,11 +342,76 @@ impl Projector {
                     .map(|((aggregate, id), version)| Announcement::Applied { aggregate, id, version }.to_string())
                     .collect();
                 views::announce(conn, &entries).await?;
-                Ok(outcomes)
+                Ok(Committed { outcomes, drained })
             })
             .await?;
-        Ok(outcomes)
+        Ok(committed)
     }
+}
+
+/// Applies the parked events of `keys` that follow their views' versions, in a savepoint, and
+/// removes them (and those the views already reflect) from the parking. A parked event the
+/// database refuses is left parked (its gap then times out to the dead-letter queue) rather
+/// than failing the transaction that filled its gap.
+async fn drain(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    keys: &[Key],
+) -> diesel::QueryResult<Vec<(Event, Outcome)>> {
+    match conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| drain_chain(conn, tables, keys).await)
+        .await
+    {
+        Err(e) if failure::classify_db(&e) == Failure::Refused => {
+            tracing::warn!("a parked event is refused by the database; it stays parked until its gap times out");
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
+async fn drain_chain(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    keys: &[Key],
+) -> diesel::QueryResult<Vec<(Event, Outcome)>> {
+    let mut out = Vec::new();
+    let mut keys = keys.to_vec();
+    while !keys.is_empty() {
+        let rows = parking::successors(conn, &keys).await?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut done: Vec<&Parked> = Vec::new();
+        let mut parsed: Vec<(&Parked, Event)> = Vec::new();
+        for r in &rows {
+            match parse(&r.body) {
+                Ok(Parsed::Event(e)) if e.key().0.as_str() == r.aggregate && e.key().1 == r.id => parsed.push((r, *e)),
+                // It parsed when it was parked: only a newer version could change its mind.
+                _ => {
+                    tracing::warn!(id = %r.id, sequence = r.sequence, "dropping a parked event that no longer parses");
+                    done.push(r);
+                }
+            }
+        }
+        let events: Vec<&Event> = parsed.iter().map(|(_, e)| e).collect();
+        let outcomes = apply_all(conn, tables, &events, Continuity::Strict).await?;
+        keys.clear();
+        for ((r, e), o) in parsed.into_iter().zip(outcomes) {
+            match o {
+                Outcome::Applied { .. } => {
+                    keys.push(e.key());
+                    done.push(r);
+                    out.push((e, o));
+                }
+                Outcome::Duplicate => done.push(r),
+                Outcome::Gap { .. } => {}
+            }
+        }
+        parking::remove(conn, &done).await?;
+        keys.dedup();
+    }
+    Ok(out)
 }
 
 /// Acknowledges `ackers`, all frames in flight at once.

@@ -133,3 +133,39 @@ async fn events_from_the_future_leave_the_window_apply_when_the_gap_fills_and_ti
     let parked = app.query_json("SELECT count(*)::bigint AS n FROM rv_parked").await;
     assert_eq!(parked[0]["n"], 0, "dead-lettered events are still parked");
 }
+
+/// Not a regression test of the old code (which held gaps in memory and retried them): it
+/// guards the parking against races between instances. Two projecting instances consume one
+/// queue, so successive versions of an aggregate go to both; every chain completes and
+/// nothing stays parked.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_on_one_queue_park_and_drain_without_stranding_anything() {
+    let app = ReadApp::start().await;
+    let second = read_api::Service::start(&app.settings).await.expect("second instance");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !second.projector.as_ref().is_some_and(|p| p.connected()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "second projector did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut heads: Vec<ProductData> = (0..100)
+        .map(|i| product(&format!("TWO-{i}"), "Two", "d", 100, 1))
+        .collect();
+    for p in &heads {
+        app.publish(&product_event(p)).await;
+    }
+    for _ in 2..=6 {
+        for p in &mut heads {
+            *p = next_product(p, |p| p.stock += 1);
+            app.publish(&product_event(p)).await;
+        }
+    }
+    for p in &heads {
+        app.wait_version("rv_products", p.id, 6).await;
+    }
+    let parked = app.query_json("SELECT count(*)::bigint AS n FROM rv_parked").await;
+    assert_eq!(parked[0]["n"], 0);
+    second.shutdown().await;
+}
