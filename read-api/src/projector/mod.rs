@@ -1,30 +1,49 @@
 //! The projector: consumes the events and applies them to the views.
 //!
 //! - **Own durable quorum queue** bound to the exchange with `#`, manual acks, a prefetch
-//!   window. A message is acknowledged only after the transaction that applied it committed
+//!   window. A message is acknowledged only after the transaction that applied (or parked) it committed
 //!   (and its cache entries were updated), so a crash at any point means a redelivery, which
 //!   the version guard turns into a counted no-op.
 //! - **Order per aggregate, parallel across aggregates.** Deliveries are routed to one of
 //!   `PROJECTOR_WORKERS` workers by product, or by the order's customer (so one worker owns
 //!   all of a customer's revision bumps); all events of one aggregate go to one worker.
-//! - **Batches.** A worker applies everything waiting in its channel (up to [`MAX_BATCH`]) in
+//! - **Batches.** A worker applies everything waiting in its channel (up to 512) in
 //!   one transaction: a set-wise statement per aggregate type and round, the events of one
 //!   aggregate in version order ([`apply_all`]), and one notification naming the version
 //!   each aggregate reached (split only if it outgrows PostgreSQL's payload limit). Then the
 //!   cache writes (all in flight at once) and the acknowledgements. Commits, and with them
 //!   the serialised NOTIFY commits, are per batch instead of per event.
 //! - **Gaps** (an event whose predecessor is not applied yet, e.g. it went to another
-//!   instance consuming the same queue) are held back, unacknowledged, and retried with the
-//!   next delivery of that aggregate or on a short timer; they are counted once.
-//! - **Poison** (a body that is not a well-formed event of a known type) is rejected without
-//!   requeue, so the broker dead-letters it to `<queue>.dead`; the queue never blocks.
-//!   Events of an unknown `type` or `aggregatetype` are acknowledged and counted.
+//!   instance consuming the same queue, or a publisher sent it for an aggregate the views
+//!   never saw) leave the prefetch window: the transaction that finds the gap parks the
+//!   message in `rv_parked` ([`parking`]) and it is acknowledged with the batch. The
+//!   transaction that applies its predecessor applies it too, under per-aggregate advisory
+//!   locks that make this correct with several instances (argued in [`parking`]); a sweep
+//!   applies anything parked behind an applied version. A gap older than `GAP_TIMEOUT` is
+//!   given up ([`sweep`]): its parked events go to `<queue>.dead` with a header saying why,
+//!   a warning is logged, the gauges `read_events_parked` / `read_gaps_timed_out` show it and
+//!   readiness names it (still ready) for [`GAP_REPORT_FOR`].
+//! - **A read-api started on an empty view database while the stream has history** does not
+//!   replay it by itself: later events of old aggregates park, their gaps time out to the
+//!   dead-letter queue, and the warning and readiness say to run `read-api rebuild` (which
+//!   replays the stream into fresh tables; the dead letters can then be discarded).
+//! - **Poison** (a body that is not a well-formed event of a known type, or whose data holds
+//!   a NUL, which PostgreSQL can not store) is rejected without requeue, so the broker
+//!   dead-letters it to `<queue>.dead`; the queue never blocks. Events of an unknown `type`
+//!   or `aggregatetype` are acknowledged and counted.
+//! - **Failures** ([`failure`]) are classified: the database refusing an event (data errors,
+//!   constraint violations, undefined objects) dead-letters that event alone at once (a
+//!   refused batch is applied again event by event to find it, so every other event applies
+//!   and no other aggregate waits); connection loss, serialization failures, deadlocks and
+//!   shutdowns are retried with backoff (backon) for as long as they last; anything else is
+//!   retried a few times, then treated as a refusal. Metrics: `read_events_dead_lettered_total`
+//!   by `reason` (`poison`, `refused`, `gap_timeout`).
 
 mod apply;
 mod event;
-mod failure;
-mod parking;
-mod sweep;
+pub mod failure;
+pub mod parking;
+pub mod sweep;
 mod topology;
 mod worker;
 
