@@ -234,6 +234,31 @@ impl ReadApp {
         out
     }
 
+    /// Messages in the dead-letter queue (consumes them), each with the value of its header
+    /// `header` if it has one.
+    pub async fn dead_letters_with(&self, header: &str) -> Vec<(Vec<u8>, Option<String>)> {
+        let q = format!("{}.dead", self.settings.queue);
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = self
+            .publisher
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+        {
+            let value = m
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(header).cloned())
+                .and_then(|v| match v {
+                    AMQPValue::LongString(s) => Some(s.to_string()),
+                    _ => None,
+                });
+            out.push((m.delivery.data.clone(), value));
+        }
+        out
+    }
+
     /// The stored version of a view row (`rv_products` / `rv_orders`), if any.
     pub async fn stored_version(&self, table: &str, id: Uuid) -> Option<i64> {
         let rows = self

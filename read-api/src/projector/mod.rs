@@ -52,6 +52,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::Acker;
 use lapin::options::{
@@ -160,18 +161,26 @@ impl Projector {
     /// Consumes until `stop`, reconnecting with backoff when the broker goes away. On `stop`
     /// it cancels the consumer, lets the workers finish what they were given, and closes.
     pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let backoff = || {
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
         while !stop.is_cancelled() {
             match self.session(&stop).await {
-                Ok(()) => backoff = Duration::from_millis(200),
+                Ok(()) => delays = backoff(),
                 Err(e) => tracing::warn!(error = %e, "projector: broker session ended"),
             }
             self.connected.store(false, Ordering::Relaxed);
+            let delay = delays.next().unwrap_or(Duration::from_secs(10));
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => break,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
         tracing::info!("projector stopped");
     }

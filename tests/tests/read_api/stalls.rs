@@ -11,8 +11,9 @@ use ordering_tests::read_app::{ReadApp, ReadOptions, next_product, order, order_
 use ordering_tests::write_app::answer;
 use uuid::Uuid;
 
-/// Waits until the dead-letter queue has given `n` messages (consuming them).
-async fn dead_letters(app: &ReadApp, n: usize, within: Duration) -> Vec<Vec<u8>> {
+/// Waits until the dead-letter queue has given `n` messages (consuming them), each with its
+/// dead-letter reason header, if any.
+async fn dead_letters(app: &ReadApp, n: usize, within: Duration) -> Vec<(Vec<u8>, Option<String>)> {
     let mut dead = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
     while dead.len() < n {
@@ -21,7 +22,7 @@ async fn dead_letters(app: &ReadApp, n: usize, within: Duration) -> Vec<Vec<u8>>
             "{} dead letters of {n} after {within:?}",
             dead.len()
         );
-        dead.extend(app.dead_letters().await);
+        dead.extend(app.dead_letters_with(read_api::projector::REASON_HEADER).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     dead
@@ -66,7 +67,10 @@ async fn a_message_postgres_refuses_is_dead_lettered_and_nothing_waits_for_it() 
     assert_eq!(app.stored_version("rv_orders", refused_order.id).await, None);
     let dead = dead_letters(&app, 2, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 2);
-    let bodies: Vec<String> = dead.iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect();
+    let bodies: Vec<String> = dead
+        .iter()
+        .map(|(d, _)| String::from_utf8_lossy(d).into_owned())
+        .collect();
     assert!(bodies.iter().any(|b| b.contains("bad\\u0000name")), "{bodies:?}");
     assert!(
         bodies.iter().any(|b| b.contains(&refused_order.id.to_string())),
@@ -110,7 +114,12 @@ async fn events_from_the_future_leave_the_window_apply_when_the_gap_fills_and_ti
     let dead = dead_letters(&app, 1000, gap_timeout + Duration::from_secs(15)).await;
     assert_eq!(dead.len(), 1000);
     let stranded: std::collections::HashSet<Uuid> = seconds[100..].iter().map(|p| p.id).collect();
-    for d in &dead {
+    for (d, reason) in &dead {
+        let reason = reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.starts_with("gap timeout"),
+            "dead letter without a reason: {reason:?}"
+        );
         let v: serde_json::Value = serde_json::from_slice(d).unwrap();
         let id: Uuid = v["subject"].as_str().unwrap().parse().unwrap();
         assert!(stranded.contains(&id), "{id} was dead-lettered although its gap filled");
