@@ -182,15 +182,17 @@ pub async fn ready_keys(conn: &mut AsyncPgConnection, limit: i64) -> diesel::Que
     Ok(to_keys(rows))
 }
 
-/// Up to `limit` aggregates whose oldest parked event has waited longer than `timeout_secs`.
+/// Up to `limit` aggregates with an event parked longer than `timeout_secs` (found through
+/// the `parked_at` index, so the sweep does not read the whole parking).
 pub async fn expired_keys(
     conn: &mut AsyncPgConnection,
     timeout_secs: f64,
     limit: i64,
 ) -> diesel::QueryResult<Vec<Key>> {
     let rows: Vec<KeyRow> = diesel::sql_query(
-        "SELECT aggregate, id FROM rv_parked GROUP BY aggregate, id
-          HAVING min(parked_at) < now() - make_interval(secs => $1) LIMIT $2",
+        "SELECT DISTINCT aggregate, id FROM (
+           SELECT aggregate, id FROM rv_parked WHERE parked_at < now() - make_interval(secs => $1)
+            ORDER BY parked_at LIMIT $2) oldest",
     )
     .bind::<Double, _>(timeout_secs)
     .bind::<BigInt, _>(limit)
@@ -199,7 +201,8 @@ pub async fn expired_keys(
     Ok(to_keys(rows))
 }
 
-/// Every parked event of `keys` (still expired: call under their locks), by aggregate and version.
+/// Every parked event of those of `keys` that still have one parked longer than
+/// `timeout_secs` (call under their locks), by aggregate and version.
 pub async fn of_expired(
     conn: &mut AsyncPgConnection,
     keys: &[Key],
@@ -210,8 +213,8 @@ pub async fn of_expired(
     diesel::sql_query(format!(
         "SELECT p.aggregate, p.id, p.sequence, p.routing_key, p.body, p.parked_at, {version} AS have
            FROM rv_parked p JOIN unnest($1::text[], $2::uuid[]) AS k(a, i) ON p.aggregate = k.a AND p.id = k.i
-          WHERE (p.aggregate, p.id) IN (SELECT aggregate, id FROM rv_parked GROUP BY aggregate, id
-                                         HAVING min(parked_at) < now() - make_interval(secs => $3))
+          WHERE EXISTS (SELECT 1 FROM rv_parked o WHERE o.aggregate = p.aggregate AND o.id = p.id
+                           AND o.parked_at < now() - make_interval(secs => $3))
           ORDER BY p.aggregate, p.id, p.sequence"
     ))
     .bind::<Array<Text>, _>(&aggregates)

@@ -226,3 +226,22 @@ async fn publish(ch: &Channel, exchange: &str, r: &Parked) -> Result<(), SweepEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_names_the_gaps_and_what_to_do() {
+        let report = GapReport::default();
+        assert_eq!(report.detail("q.dead"), None);
+        report.record(2, 5, "product 1 at version 0".into());
+        report.record(1, 1, "order 2 at version 3".into());
+        let detail = report.detail("q.dead").unwrap();
+        assert!(detail.starts_with("3 gap(s) timed out"), "{detail}");
+        assert!(detail.contains("6 parked event(s) moved to q.dead"), "{detail}");
+        assert!(detail.contains("order 2 at version 3"), "{detail}");
+        assert!(detail.contains("read-api rebuild"), "{detail}");
+        assert_eq!(report.recent(), 3);
+    }
+}
