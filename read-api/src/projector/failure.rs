@@ -25,7 +25,7 @@ pub enum CommitError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
     /// The database is unavailable or the transaction lost a race: the same messages will
-    /// apply later (connection loss, 40001, 40P01, 57P01-57P03, 53xxx).
+    /// apply later (connection loss, 40001, 40P01, 57P01-57P03, 57014, 55P03, 53xxx).
     Transient,
     /// The database refuses what a message says (classes 22, 23, 42): it never will apply.
     Refused,
@@ -44,6 +44,8 @@ const MESSAGES: &[(&str, Failure)] = &[
     ("out of memory", Failure::Transient),              // 53200
     ("no space left on device", Failure::Transient),    // 53100
     ("could not extend file", Failure::Transient),      // 53100
+    ("canceling statement due to", Failure::Transient), // 57014 statement or lock timeout
+    ("could not obtain lock", Failure::Transient),      // 55P03
     ("invalid byte sequence", Failure::Refused),        // 22021
     ("unsupported unicode escape", Failure::Refused),   // 22P05
     ("untranslatable character", Failure::Refused),     // 22P05
@@ -149,6 +151,10 @@ mod tests {
             ),
             (
                 db(unknown, "canceling statement due to statement timeout"),
+                Failure::Transient,
+            ),
+            (
+                db(unknown, "something this version never heard of"),
                 Failure::Unexpected,
             ),
             (CommitError::Database(Error::NotFound), Failure::Unexpected),
