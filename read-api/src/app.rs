@@ -11,6 +11,7 @@ use ordering_platform::db::PgPool;
 use crate::cache::Cache;
 use crate::consistency::Hub;
 use crate::cursor::Cursors;
+use crate::projector::GapReport;
 
 /// What every handler can reach: one reference-counted [`Shared`], so handing it to a
 /// request costs one atomic increment, not one per field.
@@ -41,6 +42,9 @@ pub struct Shared {
     pub consistency_wait: Duration,
     /// The projector's broker connection, when this instance runs one (readiness).
     pub broker_connected: Option<Arc<AtomicBool>>,
+    /// The projector's timed-out gaps and its dead-letter queue, when this instance runs one
+    /// (readiness).
+    pub gap_report: Option<(Arc<GapReport>, String)>,
 }
 
 impl FromRef<AppState> for Authenticator {

@@ -24,8 +24,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::announcement::{self, Announcement, NOTIFY_CHANNEL};
 use crate::cache::{Cache, Kind};
-use crate::views::{self, NOTIFY_CHANNEL};
+use crate::views;
 
 type Key = (AggregateType, Uuid);
 
@@ -185,54 +186,16 @@ async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>,
     Ok(out)
 }
 
-/// One announcement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Announcement {
-    Product {
-        id: Uuid,
-        version: i64,
-    },
-    Order {
-        id: Uuid,
-        version: i64,
-    },
-    /// A rebuild swapped in new tables.
-    Rebuilt,
-}
-
-/// Parses a payload written by the projector or the rebuild: announcements separated by
-/// spaces (one per aggregate the announcing transaction changed). Unreadable parts are left
-/// out.
-pub fn parse_all(payload: &str) -> impl Iterator<Item = Announcement> + '_ {
-    payload.split_ascii_whitespace().filter_map(parse)
-}
-
-/// Parses one announcement.
-pub fn parse(payload: &str) -> Option<Announcement> {
-    if payload == "rebuilt" {
-        return Some(Announcement::Rebuilt);
-    }
-    let mut parts = payload.split(':');
-    let tag = parts.next()?;
-    let id = Uuid::parse_str(parts.next()?).ok()?;
-    let version = parts.next()?.parse().ok()?;
-    match tag {
-        "p" => Some(Announcement::Product { id, version }),
-        "o" => Some(Announcement::Order { id, version }),
-        _ => None,
-    }
-}
-
 /// Applies one announcement to the hub and the in-process cache.
 pub fn dispatch(hub: &Hub, cache: &Cache, a: Announcement) {
     match a {
-        Announcement::Product { id, version } => {
-            cache.invalidate_local(Kind::Product, id, version);
-            hub.announce(AggregateType::Product, id, version);
-        }
-        Announcement::Order { id, version } => {
-            cache.invalidate_local(Kind::Order, id, version);
-            hub.announce(AggregateType::Order, id, version);
+        Announcement::Applied { aggregate, id, version } => {
+            let kind = match aggregate {
+                AggregateType::Product => Kind::Product,
+                AggregateType::Order => Kind::Order,
+            };
+            cache.invalidate_local(kind, id, version);
+            hub.announce(aggregate, id, version);
         }
         Announcement::Rebuilt => {
             cache.clear_local();
@@ -286,7 +249,7 @@ async fn run_listener(conn: &mut AsyncPgConnection, hub: &Hub, cache: &Cache, st
         match next {
             Ok(Some(Ok(n))) => {
                 let mut any = false;
-                for a in parse_all(&n.payload) {
+                for a in announcement::parse_all(&n.payload) {
                     any = true;
                     dispatch(hub, cache, a);
                 }
@@ -313,29 +276,6 @@ async fn run_listener(conn: &mut AsyncPgConnection, hub: &Hub, cache: &Cache, st
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_announcements() {
-        let id = Uuid::now_v7();
-        assert_eq!(
-            parse(&format!("p:{id}:3")),
-            Some(Announcement::Product { id, version: 3 })
-        );
-        assert_eq!(
-            parse(&format!("o:{id}:2:{id}")),
-            Some(Announcement::Order { id, version: 2 })
-        );
-        assert_eq!(parse("rebuilt"), Some(Announcement::Rebuilt));
-        let other = Uuid::now_v7();
-        assert_eq!(
-            parse_all(&format!("p:{}:3 o:{}:7 junk", id.simple(), other.simple())).collect::<Vec<_>>(),
-            [
-                Announcement::Product { id, version: 3 },
-                Announcement::Order { id: other, version: 7 }
-            ]
-        );
-        assert_eq!(parse("x:y"), None);
-    }
 
     #[tokio::test]
     async fn announcements_wake_only_satisfied_waiters() {

@@ -9,10 +9,19 @@
 //! - **Each event changes a view exactly once** ([`views`], [`projector`]). Every view row
 //!   stores the version of its aggregate; events are applied by guarded upserts (set-wise, a
 //!   batch per transaction) that only move a row from `v` to `v + 1`. A duplicate or an older
-//!   delivery matches nothing and is counted; an event from the future (a gap) is held back
-//!   unacknowledged and retried. The projector acknowledges a message only after its
-//!   transaction committed, so crashes cause redeliveries, never losses. Poison goes to a dead-letter queue; unknown event types are
+//!   delivery matches nothing and is counted. The projector acknowledges a message only after its
+//!   transaction committed, so crashes cause redeliveries, never losses.
+//! - **Nothing stalls the projector** ([`projector`]). An event from the future (a gap) is
+//!   parked in PostgreSQL in the transaction that finds the gap and acknowledged, so it
+//!   leaves the prefetch window; the transaction that applies its predecessor applies it
+//!   (per-aggregate advisory locks keep this right with several instances on one queue). A
+//!   gap older than `GAP_TIMEOUT` goes to the dead-letter queue and is reported (log, metric,
+//!   readiness detail). Poison and events the database refuses go to the dead-letter queue
+//!   one by one; transient database failures are retried; unknown event types are
 //!   acknowledged and counted.
+//! - **Started on an empty view database while the stream has history**, the read-api does
+//!   not replay it by itself: events of aggregates it never saw park, their gaps time out
+//!   to the dead-letter queue, and the log and readiness say to run `read-api rebuild`.
 //! - **The cache never shows an older version over a newer one** ([`cache`]). Both tiers
 //!   (in-process and Redis) are written by compare-and-set on the version (a Lua script in
 //!   Redis); announcements of applied changes invalidate the in-process tier and leave a
@@ -35,6 +44,7 @@
 //! can change any page, and a transactional catalog-wide revision would serialize the
 //! projector. Single products, orders, and each customer's lists and summary are cached.
 
+pub mod announcement;
 pub mod app;
 pub mod cache;
 pub mod consistency;

@@ -20,9 +20,10 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 
+use crate::announcement::{Announcement, NOTIFY_CHANNEL};
 use crate::cache::Cache;
 use crate::projector::{self, Parsed};
-use crate::views::{Continuity, NOTIFY_CHANNEL, Outcome, Tables};
+use crate::views::{Continuity, Outcome, Tables};
 
 /// How a rebuild runs.
 #[derive(Clone, Debug)]
@@ -249,7 +250,7 @@ async fn swap(db: &mut AsyncPgConnection, fresh: &Tables, live: &Tables) -> Resu
         format!("ALTER TABLE {fo} RENAME TO {lo}"),
         format!("ALTER TABLE {fc} RENAME TO {lc}"),
         format!("DROP TABLE {lp}_old, {lo}_old, {lc}_old"),
-        format!("NOTIFY {NOTIFY_CHANNEL}, 'rebuilt'"),
+        format!("NOTIFY {NOTIFY_CHANNEL}, '{}'", Announcement::Rebuilt),
     ];
     // One transaction, spelled out: the statements are plain SQL and the lock must cover all.
     diesel::sql_query("BEGIN").execute(db).await?;

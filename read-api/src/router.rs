@@ -98,6 +98,12 @@ fn readiness(state: &AppState) -> ReadinessCheck {
                     ),
                 );
             }
+            if let Some((report, dead_letter_queue)) = &state.gap_report {
+                deps.insert(
+                    "projector",
+                    DependencyState::from_result(false, report.detail(dead_letter_queue).map_or(Ok(()), Err)),
+                );
+            }
             deps.insert(
                 "notifications",
                 DependencyState::from_result(

@@ -81,6 +81,7 @@ impl Service {
                     prefetch: settings.prefetch,
                     workers: settings.workers,
                 },
+                settings.gap_timeout,
             )
         });
         if let Some(p) = &projector {
@@ -94,6 +95,9 @@ impl Service {
             cursors: Cursors::new(&settings.cursor_secret),
             consistency_wait: settings.consistency_wait,
             broker_connected: projector.as_ref().map(Projector::connected_flag),
+            gap_report: projector
+                .as_ref()
+                .map(|p| (p.gap_report(), format!("{}.dead", settings.queue))),
         });
         Ok(Self {
             state,

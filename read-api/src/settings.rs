@@ -9,6 +9,9 @@ use ordering_platform::settings::{self, SettingError};
 /// `PROJECTOR_PREFETCH` when unset (a worker applies what it has in hand as one batch: a
 /// wider window means bigger batches; 1024 drained a backlog ~15% faster than 512).
 pub const DEFAULT_PREFETCH: u16 = 1024;
+/// `GAP_TIMEOUT` when unset: far longer than two instances take to apply one another's
+/// predecessors, short enough that a stranded event is noticed.
+pub const DEFAULT_GAP_TIMEOUT: Duration = Duration::from_secs(60);
 /// `PROJECTOR_WORKERS` when unset.
 pub const DEFAULT_WORKERS: usize = 8;
 
@@ -52,6 +55,9 @@ pub struct Settings {
     pub prefetch: u16,
     /// `PROJECTOR_WORKERS`: aggregates applied in parallel.
     pub workers: usize,
+    /// `GAP_TIMEOUT`: how long events parked behind a missing predecessor wait for it before
+    /// the gap is reported and they go to the dead-letter queue.
+    pub gap_timeout: Duration,
     /// `PROJECTOR=off` serves HTTP without consuming (for extra read replicas).
     pub projector: bool,
     /// Request timeout and concurrency limit.
@@ -135,6 +141,7 @@ impl Settings {
             stream,
             prefetch,
             workers,
+            gap_timeout: settings::duration("GAP_TIMEOUT", DEFAULT_GAP_TIMEOUT)?,
             projector,
             limits: HttpLimits::default(),
         })

@@ -34,6 +34,8 @@ pub struct ReadOptions {
     /// Declare `<exchange>.log` bound with `#` (as the relay does), for rebuild tests.
     pub stream: bool,
     pub workers: usize,
+    /// `GAP_TIMEOUT`.
+    pub gap_timeout: Duration,
 }
 
 impl Default for ReadOptions {
@@ -43,6 +45,7 @@ impl Default for ReadOptions {
             consistency_wait: Duration::from_millis(3000),
             stream: false,
             workers: 4,
+            gap_timeout: read_api::settings::DEFAULT_GAP_TIMEOUT,
         }
     }
 }
@@ -87,6 +90,7 @@ impl ReadApp {
             stream: format!("{name}.log"),
             prefetch: 256,
             workers: opts.workers,
+            gap_timeout: opts.gap_timeout,
             projector: true,
             limits: HttpLimits::default(),
         };
@@ -226,6 +230,31 @@ impl ReadApp {
             .await
         {
             out.push(m.delivery.data.clone());
+        }
+        out
+    }
+
+    /// Messages in the dead-letter queue (consumes them), each with the value of its header
+    /// `header` if it has one.
+    pub async fn dead_letters_with(&self, header: &str) -> Vec<(Vec<u8>, Option<String>)> {
+        let q = format!("{}.dead", self.settings.queue);
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = self
+            .publisher
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+        {
+            let value = m
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(header).cloned())
+                .and_then(|v| match v {
+                    AMQPValue::LongString(s) => Some(s.to_string()),
+                    _ => None,
+                });
+            out.push((m.delivery.data.clone(), value));
         }
         out
     }

@@ -10,4 +10,5 @@ mod cluster;
 mod consistency;
 mod projector;
 mod rebuild;
+mod stalls;
 mod views;

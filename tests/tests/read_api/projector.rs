@@ -1,5 +1,5 @@
 //! The projector's promises: each event changes a view exactly once (duplicates and older
-//! events change nothing, gaps are held back until they close), poison goes to the
+//! events change nothing, gaps are parked until they close), poison goes to the
 //! dead-letter queue without blocking anything, unknown events are acknowledged and counted.
 
 use std::time::Duration;

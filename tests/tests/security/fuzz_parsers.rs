@@ -235,7 +235,7 @@ proptest! {
 
     #[test]
     fn announcements_never_panic(s in any::<String>()) {
-        let _ = read_api::consistency::parse_all(&s).count();
+        let _ = read_api::announcement::parse_all(&s).count();
     }
 
     #[test]

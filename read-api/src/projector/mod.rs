@@ -1,0 +1,280 @@
+//! The projector: consumes the events and applies them to the views.
+//!
+//! - **Own durable quorum queue** bound to the exchange with `#`, manual acks, a prefetch
+//!   window. A message is acknowledged only after the transaction that applied (or parked) it committed
+//!   (and its cache entries were updated), so a crash at any point means a redelivery, which
+//!   the version guard turns into a counted no-op.
+//! - **Order per aggregate, parallel across aggregates.** Deliveries are routed to one of
+//!   `PROJECTOR_WORKERS` workers by product, or by the order's customer (so one worker owns
+//!   all of a customer's revision bumps); all events of one aggregate go to one worker.
+//! - **Batches.** A worker applies everything waiting in its channel (up to 512) in
+//!   one transaction: a set-wise statement per aggregate type and round, the events of one
+//!   aggregate in version order ([`apply_all`]), and one notification naming the version
+//!   each aggregate reached (split only if it outgrows PostgreSQL's payload limit). Then the
+//!   cache writes (all in flight at once) and the acknowledgements. Commits, and with them
+//!   the serialised NOTIFY commits, are per batch instead of per event.
+//! - **Gaps** (an event whose predecessor is not applied yet, e.g. it went to another
+//!   instance consuming the same queue, or a publisher sent it for an aggregate the views
+//!   never saw) leave the prefetch window: the transaction that finds the gap parks the
+//!   message in `rv_parked` ([`parking`]) and it is acknowledged with the batch. The
+//!   transaction that applies its predecessor applies it too, under per-aggregate advisory
+//!   locks that make this correct with several instances (argued in [`parking`]); a sweep
+//!   applies anything parked behind an applied version. A gap older than `GAP_TIMEOUT` is
+//!   given up ([`sweep`]): its parked events go to `<queue>.dead` with a header saying why,
+//!   a warning is logged, the gauges `read_events_parked` / `read_gaps_timed_out` show it and
+//!   readiness names it (still ready) for [`GAP_REPORT_FOR`].
+//! - **A read-api started on an empty view database while the stream has history** does not
+//!   replay it by itself: later events of old aggregates park, their gaps time out to the
+//!   dead-letter queue, and the warning and readiness say to run `read-api rebuild` (which
+//!   replays the stream into fresh tables; the dead letters can then be discarded).
+//! - **Poison** (a body that is not a well-formed event of a known type, or whose data holds
+//!   a NUL, which PostgreSQL can not store) is rejected without requeue, so the broker
+//!   dead-letters it to `<queue>.dead`; the queue never blocks. Events of an unknown `type`
+//!   or `aggregatetype` are acknowledged and counted.
+//! - **Failures** ([`failure`]) are classified: the database refusing an event (data errors,
+//!   constraint violations, undefined objects) dead-letters that event alone at once (a
+//!   refused batch is applied again event by event to find it, so every other event applies
+//!   and no other aggregate waits); connection loss, serialization failures, deadlocks and
+//!   shutdowns are retried with backoff (backon) for as long as they last; anything else is
+//!   retried a few times, then treated as a refusal. Metrics: `read_events_dead_lettered_total`
+//!   by `reason` (`poison`, `refused`, `gap_timeout`).
+
+mod apply;
+mod event;
+pub mod failure;
+pub mod parking;
+pub mod sweep;
+mod topology;
+mod worker;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use lapin::Acker;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use ordering_platform::db::PgPool;
+use ordering_schema::events::AggregateType;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use apply::{apply, apply_all};
+pub use event::{Event, Parsed, Poison, parse};
+pub use sweep::{GAP_REPORT_FOR, GapReport, REASON_HEADER};
+pub use topology::{Topology, declare};
+
+use crate::cache::Cache;
+
+/// The running projector's shared state.
+#[derive(Clone)]
+pub struct Projector {
+    pool: PgPool,
+    cache: Cache,
+    topology: Topology,
+    connected: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    /// `GAP_TIMEOUT`.
+    gap_timeout: Duration,
+    gap_report: Arc<GapReport>,
+}
+
+struct Metrics {
+    applied_product: metrics::Counter,
+    applied_order: metrics::Counter,
+    duplicates: metrics::Counter,
+    gaps: metrics::Counter,
+    /// Events parked (all instances), as of the last sweep.
+    parked: metrics::Gauge,
+    /// Gaps timed out within [`GAP_REPORT_FOR`].
+    gaps_timed_out: metrics::Gauge,
+    /// Parked events moved to the dead-letter queue.
+    timed_out: metrics::Counter,
+    unknown: metrics::Counter,
+    /// Messages that are not well-formed events.
+    poison: metrics::Counter,
+    /// Events the database refuses.
+    refused: metrics::Counter,
+    lag: metrics::Gauge,
+}
+
+pub(crate) struct Work {
+    event: Event,
+    acker: Acker,
+    /// The message as delivered, kept to park it.
+    routing_key: String,
+    body: Vec<u8>,
+}
+
+pub(crate) type Key = (AggregateType, Uuid);
+
+impl Projector {
+    /// A projector applying to the live views in `pool`; gaps older than `gap_timeout` are
+    /// given up.
+    pub fn new(pool: PgPool, cache: Cache, topology: Topology, gap_timeout: Duration) -> Self {
+        let metrics = Metrics {
+            applied_product: metrics::counter!("read_events_applied_total", "aggregate" => "product"),
+            applied_order: metrics::counter!("read_events_applied_total", "aggregate" => "order"),
+            duplicates: metrics::counter!("read_events_duplicates_ignored_total"),
+            gaps: metrics::counter!("read_events_gaps_held_total"),
+            parked: metrics::gauge!("read_events_parked"),
+            gaps_timed_out: metrics::gauge!("read_gaps_timed_out"),
+            timed_out: metrics::counter!("read_events_dead_lettered_total", "reason" => "gap_timeout"),
+            unknown: metrics::counter!("read_events_unknown_total"),
+            poison: metrics::counter!("read_events_dead_lettered_total", "reason" => "poison"),
+            refused: metrics::counter!("read_events_dead_lettered_total", "reason" => "refused"),
+            lag: metrics::gauge!("read_projection_lag_seconds"),
+        };
+        Self {
+            pool,
+            cache,
+            topology,
+            connected: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::new(metrics),
+            gap_timeout,
+            gap_report: Arc::default(),
+        }
+    }
+
+    /// Whether the projector is connected to the broker and consuming.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// A handle on the connected flag (for readiness).
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
+    }
+
+    /// Gaps that timed out lately (for readiness).
+    pub fn gap_report(&self) -> Arc<GapReport> {
+        self.gap_report.clone()
+    }
+
+    /// Consumes until `stop`, reconnecting with backoff when the broker goes away. On `stop`
+    /// it cancels the consumer, lets the workers finish what they were given, and closes.
+    pub async fn run(self, stop: CancellationToken) {
+        let backoff = || {
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
+        while !stop.is_cancelled() {
+            match self.session(&stop).await {
+                Ok(()) => delays = backoff(),
+                Err(e) => tracing::warn!(error = %e, "projector: broker session ended"),
+            }
+            self.connected.store(false, Ordering::Relaxed);
+            let delay = delays.next().unwrap_or(Duration::from_secs(10));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        tracing::info!("projector stopped");
+    }
+
+    async fn session(&self, stop: &CancellationToken) -> Result<(), lapin::Error> {
+        let props = ConnectionProperties::default().with_connection_name("read-api projector".into());
+        let conn = Connection::connect(&self.topology.amqp_url, props).await?;
+        let ch = conn.create_channel().await?;
+        declare(&ch, &self.topology).await?;
+        ch.basic_qos(self.topology.prefetch, BasicQosOptions::default()).await?;
+        let dead_letters = conn.create_channel().await?;
+        dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
+        let tag = format!("read-api-{}", Uuid::new_v4().simple());
+        let mut consumer = ch
+            .basic_consume(
+                self.topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.connected.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %self.topology.queue, "projector consuming");
+
+        let n = self.topology.workers;
+        let mut senders = Vec::with_capacity(n);
+        let mut workers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::channel::<Work>(usize::from(self.topology.prefetch).max(1));
+            senders.push(tx);
+            workers.push(tokio::spawn(self.clone().worker(rx, stop.clone())));
+        }
+        let sweep_stop = stop.child_token();
+        let sweeper = tokio::spawn(self.clone().sweeper(dead_letters.clone(), sweep_stop.clone()));
+        let result = loop {
+            let next = tokio::select! {
+                d = consumer.next() => d,
+                () = stop.cancelled() => break Ok(()),
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            };
+            match parse(&delivery.data) {
+                Ok(Parsed::Event(event)) => {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    event.route().hash(&mut h);
+                    let i = (h.finish() % n as u64) as usize;
+                    if senders[i]
+                        .send(Work {
+                            event: *event,
+                            acker: delivery.acker,
+                            routing_key: delivery.routing_key.to_string(),
+                            body: delivery.data,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        break Ok(());
+                    }
+                }
+                Ok(Parsed::Unknown(what)) => {
+                    tracing::debug!(what, "acknowledging an event this version does not know");
+                    self.metrics.unknown.increment(1);
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                }
+                Err(poison) => {
+                    tracing::warn!(error = %poison, routing_key = %delivery.routing_key, "dead-lettering");
+                    self.metrics.poison.increment(1);
+                    let _ = delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: false,
+                            multiple: false,
+                        })
+                        .await;
+                }
+            }
+        };
+        // Stop taking deliveries, then let the workers finish what they hold.
+        let _ = ch
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        drop(senders);
+        for w in workers {
+            let _ = w.await;
+        }
+        sweep_stop.cancel();
+        let _ = sweeper.await;
+        let _ = dead_letters.close(200, "bye".into()).await;
+        self.connected.store(false, Ordering::Relaxed);
+        let _ = ch.close(200, "bye".into()).await;
+        let _ = conn.close(200, "bye".into()).await;
+        result
+    }
+}

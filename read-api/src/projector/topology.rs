@@ -1,0 +1,82 @@
+//! The broker objects the projector consumes from: the events exchange, its own quorum queue
+//! and the dead-letter exchange and queue.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+/// Where the projector reads from.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub amqp_url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub prefetch: u16,
+    pub workers: usize,
+}
+
+impl Topology {
+    /// The dead-letter queue of poison messages.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    pub(super) fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.queue)
+    }
+}
+
+/// Declares the exchange (as the relay does, so either may start first), the dead-letter
+/// exchange and queue, and the projector's quorum queue bound with `#`. Idempotent.
+pub async fn declare(ch: &Channel, t: &Topology) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        t.exchange.as_str().into(),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    let dlx = t.dead_letter_exchange();
+    ch.exchange_declare(
+        dlx.as_str().into(),
+        ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    let dlq = t.dead_letter_queue();
+    let mut quorum = FieldTable::default();
+    quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    let qopts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(dlq.as_str().into(), qopts, quorum.clone()).await?;
+    ch.queue_bind(
+        dlq.as_str().into(),
+        dlx.as_str().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut args = quorum;
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(dlx.as_str().into()),
+    );
+    ch.queue_declare(t.queue.as_str().into(), qopts, args).await?;
+    ch.queue_bind(
+        t.queue.as_str().into(),
+        t.exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
