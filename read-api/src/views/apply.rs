@@ -8,6 +8,10 @@
 //! events of one aggregate go to successive statements ([`crate::projector::apply_all`]
 //! makes those rounds); the caller decides the transaction around them and announces what
 //! committed ([`announce`]).
+//!
+//! Every row a statement writes draws a fresh `applied` number (the column's default, from
+//! `rv_applied_seq`): that is how a rebuild tells the rows applied while it ran from older
+//! ones ([`crate::rebuild`]).
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
@@ -126,7 +130,7 @@ pub async fn apply_products(
             WHERE i.version = 1 OR $8 OR EXISTS (SELECT 1 FROM {t} e WHERE e.id = i.id)
            ON CONFLICT (id) DO UPDATE SET version = excluded.version, name = excluded.name,
               price_cents = excluded.price_cents, stock = excluded.stock,
-              search = excluded.search, doc = excluded.doc
+              search = excluded.search, doc = excluded.doc, applied = DEFAULT
             WHERE t.version = excluded.version - 1 OR ($8 AND t.version < excluded.version)
            RETURNING t.id, t.doc::text AS doc)
          SELECT i.id, up.doc, cur.version AS have, NULL::bigint AS revision
@@ -213,13 +217,14 @@ pub async fn apply_orders(
            ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
               total_cents = excluded.total_cents, currency = excluded.currency,
               created_at = excluded.created_at, item = excluded.item,
-              doc = jsonb_set(excluded.doc, '{{history}}', (t.doc -> 'history') || (excluded.doc -> 'history'))
+              doc = jsonb_set(excluded.doc, '{{history}}', (t.doc -> 'history') || (excluded.doc -> 'history')),
+              applied = DEFAULT
             WHERE t.version = excluded.version - 1 OR ($10 AND t.version < excluded.version)
            RETURNING t.id, t.customer_id, t.doc::text AS doc),
          cust AS (
            INSERT INTO {c} AS c (customer_id, revision)
            SELECT customer_id, count(*) FROM up GROUP BY customer_id ORDER BY customer_id
-           ON CONFLICT (customer_id) DO UPDATE SET revision = c.revision + excluded.revision
+           ON CONFLICT (customer_id) DO UPDATE SET revision = c.revision + excluded.revision, applied = DEFAULT
            RETURNING c.customer_id, c.revision)
          SELECT i.id, up.doc, cur.version AS have, cust.revision
            FROM input i LEFT JOIN up ON up.id = i.id LEFT JOIN {t} cur ON cur.id = i.id
