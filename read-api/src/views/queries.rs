@@ -1,12 +1,13 @@
 //! What the endpoints read: single views, the product list with its filters, a customer's
 //! orders and summary, and the stored versions the consistency waits compare against.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use ordering_schema::events::OrderStatus;
-use serde_json::json;
 use uuid::Uuid;
 
 fn not_found_as_none<T>(e: diesel::result::Error) -> diesel::QueryResult<Option<T>> {
@@ -300,18 +301,34 @@ struct SummaryRow {
     open_order_count: i64,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     last_order_at: Option<DateTime<Utc>>,
+    /// A JSON object: per currency, the sum as a decimal string.
     #[diesel(sql_type = Text)]
     spent: String,
 }
 
-/// The customer's summary, as served.
-pub async fn customer_summary(conn: &mut AsyncPgConnection, customer: Uuid) -> diesel::QueryResult<serde_json::Value> {
+/// A customer's summary, as served.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CustomerSummary {
+    pub customer_id: Uuid,
+    pub order_count: i64,
+    pub open_order_count: i64,
+    /// Per currency, the exact sum of the paid and shipped orders' totals. One order's total
+    /// fits `i64` at the write side's limits (100 lines × 10,000 × 10^12 cents = 10^18), a
+    /// customer's sum of them does not: `i128` holds any number of such orders there could be.
+    pub spent_cents: BTreeMap<String, i128>,
+    pub last_order_at: Option<DateTime<Utc>>,
+}
+
+/// The customer's summary.
+pub async fn customer_summary(conn: &mut AsyncPgConnection, customer: Uuid) -> diesel::QueryResult<CustomerSummary> {
+    // Summed in `numeric` (what `sum(bigint)` gives) and passed on as text: a `bigint` cast
+    // overflows, and a JSON number of that size would be read back as a float.
     let row: SummaryRow = diesel::sql_query(
         "SELECT count(*) AS order_count,
                 count(*) FILTER (WHERE status IN ('placed', 'paid')) AS open_order_count,
                 max(created_at) AS last_order_at,
-                coalesce((SELECT jsonb_object_agg(currency, total)
-                            FROM (SELECT currency, sum(total_cents)::bigint AS total FROM rv_orders
+                coalesce((SELECT jsonb_object_agg(currency, total::text)
+                            FROM (SELECT currency, sum(total_cents) AS total FROM rv_orders
                                    WHERE customer_id = $1 AND status IN ('paid', 'shipped')
                                    GROUP BY currency) s), '{}'::jsonb)::text AS spent
            FROM rv_orders WHERE customer_id = $1",
@@ -319,12 +336,18 @@ pub async fn customer_summary(conn: &mut AsyncPgConnection, customer: Uuid) -> d
     .bind::<SqlUuid, _>(customer)
     .get_result(conn)
     .await?;
-    let spent: serde_json::Value = serde_json::from_str(&row.spent).unwrap_or_else(|_| json!({}));
-    Ok(json!({
-        "customer_id": customer,
-        "order_count": row.order_count,
-        "open_order_count": row.open_order_count,
-        "spent_cents": spent,
-        "last_order_at": row.last_order_at,
-    }))
+    let spent: BTreeMap<String, String> =
+        serde_json::from_str(&row.spent).map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
+    let spent_cents = spent
+        .into_iter()
+        .map(|(currency, total)| Ok((currency, total.parse::<i128>()?)))
+        .collect::<Result<_, std::num::ParseIntError>>()
+        .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
+    Ok(CustomerSummary {
+        customer_id: customer,
+        order_count: row.order_count,
+        open_order_count: row.open_order_count,
+        spent_cents,
+        last_order_at: row.last_order_at,
+    })
 }
