@@ -4,10 +4,18 @@
 //! The replay applies events with the projector's own code ([`crate::projector::apply`]) into
 //! `rv_*_rebuild`, so the result is what the live projector builds. When the stream has been
 //! idle for a moment the replay is caught up; then, in one transaction holding the live
-//! tables' locks (the live projector waits a few milliseconds), rows the live projector
-//! applied meanwhile at higher versions are carried over, the tables are renamed, the old ones
-//! dropped, and a `rebuilt` announcement makes every instance forget its in-process cache. The
-//! Redis entries under the key prefix are deleted afterwards.
+//! tables' locks (the live projector waits a few milliseconds), the rows the live projector
+//! applied while the rebuild ran are carried over where they are newer, the tables are
+//! renamed, the old ones dropped, and a `rebuilt` announcement makes every instance forget its
+//! in-process cache. The Redis entries under the key prefix are deleted afterwards.
+//!
+//! "While the rebuild ran" is told by the rows' `applied` numbers (drawn from `rv_applied_seq`
+//! by every write, see [`crate::views`]): the rebuild draws one when it starts, and carries
+//! over only live rows with a higher one. A live row applied before the start came from an
+//! event the stream already held, so the replay rebuilds it, unless the stream never had that
+//! event (a message published to the projector's queue by someone else): such views are
+//! dropped by the first rebuild that starts after them. The result is exactly the stream's
+//! projection plus what the live projector applied during the rebuild.
 //!
 //! If retention dropped the stream's head (its first offset is not 0, or an aggregate's first
 //! event is not its version 1), the rebuild refuses unless told `--from-available`.
@@ -96,6 +104,9 @@ pub async fn run(
 ) -> Result<Report, RebuildError> {
     crate::migrate::run(&opts.database_url).await?;
     let mut db = AsyncPgConnection::establish(&opts.database_url).await?;
+    let started_at: AppliedMark = diesel::sql_query("SELECT nextval('rv_applied_seq') AS mark")
+        .get_result(&mut db)
+        .await?;
     let fresh = Tables::rebuild();
     let live = Tables::live();
     for (new, old) in [
@@ -211,7 +222,7 @@ pub async fn run(
     let _ = ch.close(200, "done".into()).await;
     let _ = amqp.close(200, "done".into()).await;
 
-    swap(&mut db, &fresh, &live).await?;
+    swap(&mut db, &fresh, &live, started_at.mark).await?;
     if let Some(cache) = cache {
         match cache.drop_all().await {
             Ok(n) => report.cache_keys_dropped = n,
@@ -221,27 +232,38 @@ pub async fn run(
     Ok(report)
 }
 
-/// Carries over what the live projector applied meanwhile, then swaps the tables in one
-/// transaction.
-async fn swap(db: &mut AsyncPgConnection, fresh: &Tables, live: &Tables) -> Result<(), RebuildError> {
+/// The `applied` number a rebuild drew when it started.
+#[derive(diesel::QueryableByName)]
+struct AppliedMark {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    mark: i64,
+}
+
+/// Carries over what the live projector applied since the rebuild started (rows with an
+/// `applied` number above `started_at`), then swaps the tables in one transaction.
+async fn swap(db: &mut AsyncPgConnection, fresh: &Tables, live: &Tables, started_at: i64) -> Result<(), RebuildError> {
     let (fp, fo, fc) = (&fresh.products, &fresh.orders, &fresh.customers);
     let (lp, lo, lc) = (&live.products, &live.orders, &live.customers);
     let statements = vec![
         format!("LOCK TABLE {lp}, {lo}, {lc} IN ACCESS EXCLUSIVE MODE"),
         format!(
-            "INSERT INTO {fp} SELECT * FROM {lp} ON CONFLICT (id) DO UPDATE SET version = excluded.version,
+            "INSERT INTO {fp} SELECT * FROM {lp} WHERE applied > {started_at}
+               ON CONFLICT (id) DO UPDATE SET version = excluded.version,
                name = excluded.name, price_cents = excluded.price_cents, stock = excluded.stock,
-               search = excluded.search, doc = excluded.doc WHERE {fp}.version < excluded.version"
+               search = excluded.search, doc = excluded.doc, applied = excluded.applied
+               WHERE {fp}.version < excluded.version"
         ),
         format!(
-            "INSERT INTO {fo} SELECT * FROM {lo} ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id,
+            "INSERT INTO {fo} SELECT * FROM {lo} WHERE applied > {started_at}
+               ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id,
                version = excluded.version, status = excluded.status, total_cents = excluded.total_cents,
                currency = excluded.currency, created_at = excluded.created_at, doc = excluded.doc,
-               item = excluded.item WHERE {fo}.version < excluded.version"
+               item = excluded.item, applied = excluded.applied WHERE {fo}.version < excluded.version"
         ),
         format!(
-            "INSERT INTO {fc} SELECT * FROM {lc} ON CONFLICT (customer_id) DO UPDATE
-               SET revision = GREATEST({fc}.revision, excluded.revision)"
+            "INSERT INTO {fc} SELECT * FROM {lc} WHERE applied > {started_at}
+               ON CONFLICT (customer_id) DO UPDATE
+               SET revision = GREATEST({fc}.revision, excluded.revision), applied = excluded.applied"
         ),
         format!("ALTER TABLE {lp} RENAME TO {lp}_old"),
         format!("ALTER TABLE {lo} RENAME TO {lo}_old"),

@@ -68,7 +68,8 @@ pub struct CustomerSummary {
     pub order_count: i64,
     /// Orders placed or paid, not yet shipped or cancelled.
     pub open_order_count: i64,
-    /// Per currency, the totals of paid and shipped orders.
-    pub spent_cents: BTreeMap<String, i64>,
+    /// Per currency, the totals of paid and shipped orders: exact integers, which may pass
+    /// 64 bits.
+    pub spent_cents: BTreeMap<String, i128>,
     pub last_order_at: Option<DateTime<Utc>>,
 }

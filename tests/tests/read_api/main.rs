@@ -8,6 +8,7 @@ mod bad_input;
 mod cache;
 mod cluster;
 mod consistency;
+mod money;
 mod projector;
 mod rebuild;
 mod stalls;

@@ -1,10 +1,14 @@
 //! `read-api rebuild`: replaying the stream into fresh tables gives exactly what the live
-//! projector built, and a stream that lost its head is refused.
+//! projector built, views the stream never had do not survive it, and a stream that lost its
+//! head is refused.
 
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use ordering_schema::events::OrderStatus;
 use ordering_tests::read_app::{
     ReadApp, ReadOptions, next_order, next_product, order, order_event, product, product_event,
 };
+use ordering_tests::relay::broker::AMQP_URL;
 use ordering_tests::write_app::answer;
 use read_api::rebuild::{self, Options, RebuildError};
 use uuid::Uuid;
@@ -109,4 +113,103 @@ async fn rebuild_refuses_a_stream_without_the_first_events_unless_told_from_avai
         .expect("from available");
     assert_eq!(report.applied, 1);
     assert_eq!(app.stored_version("rv_products", p1.id).await, Some(2));
+}
+
+/// Publishes `event` straight to the projector's queue (the default exchange), bypassing the
+/// exchange the stream is bound to: the projector applies it, the stream never has it, as
+/// with a message from some other publisher on the broker.
+async fn publish_stray<D: serde::Serialize>(app: &ReadApp, event: &ordering_schema::events::CloudEvent<D>) {
+    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = amqp.create_channel().await.expect("channel");
+    ch.basic_publish(
+        "".into(),
+        app.settings.queue.as_str().into(),
+        BasicPublishOptions::default(),
+        &serde_json::to_vec(event).expect("serialize"),
+        BasicProperties::default().with_content_type(ordering_schema::events::MESSAGE_CONTENT_TYPE.into()),
+    )
+    .await
+    .expect("publish");
+    let _ = ch.close(200, "ok".into()).await;
+    let _ = amqp.close(200, "ok".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebuild_drops_views_the_stream_never_had_and_keeps_what_was_applied_during_it() {
+    let app = ReadApp::start_with(ReadOptions {
+        stream: true,
+        ..Default::default()
+    })
+    .await;
+    let kept = product("KEEP-1", "Kept", "in the stream", 100, 1);
+    app.publish(&product_event(&kept)).await;
+    let stray = product("STRAY-1", "Stray", "never in the stream", 100, 1);
+    publish_stray(&app, &product_event(&stray)).await;
+    let stray_customer = Uuid::now_v7();
+    let stray_order = order(stray_customer, &[(&stray, 1)], ordering_schema::events::now());
+    publish_stray(&app, &order_event(&stray_order)).await;
+    app.wait_version("rv_products", kept.id, 1).await;
+    app.wait_version("rv_products", stray.id, 1).await;
+    app.wait_version("rv_orders", stray_order.id, 1).await;
+
+    // While the rebuild replays, one product arrives through the exchange (so also in the
+    // stream) and one straight to the queue: both were applied live during the rebuild.
+    let live = product("LIVE-1", "Live", "created during the rebuild", 100, 1);
+    let live_stray = product("STRAY-2", "Stray during", "never in the stream", 100, 1);
+    let mut opts = options(&app, false);
+    opts.idle = std::time::Duration::from_millis(1500);
+    let during = async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while app
+            .query_json("SELECT 1 AS x FROM pg_class WHERE relname = 'rv_products_rebuild'")
+            .await
+            .is_empty()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the rebuild did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        app.publish(&product_event(&live)).await;
+        publish_stray(&app, &product_event(&live_stray)).await;
+        app.wait_version("rv_products", live.id, 1).await;
+        app.wait_version("rv_products", live_stray.id, 1).await;
+    };
+    let (report, ()) = tokio::join!(rebuild::run(&opts, Some(&app.state().cache), |_| {}), during);
+    report.expect("rebuild");
+
+    assert_eq!(
+        app.stored_version("rv_products", stray.id).await,
+        None,
+        "stray product survived"
+    );
+    assert_eq!(
+        app.stored_version("rv_orders", stray_order.id).await,
+        None,
+        "stray order survived"
+    );
+    assert!(
+        app.query_json(&format!(
+            "SELECT revision FROM rv_customers WHERE customer_id = '{stray_customer}'"
+        ))
+        .await
+        .is_empty(),
+        "the stray order's customer survived"
+    );
+    assert_eq!(answer(app.get(&format!("/v1/products/{}", stray.id))).await.status, 404);
+    for p in [&kept, &live, &live_stray] {
+        assert_eq!(app.stored_version("rv_products", p.id).await, Some(1), "{} lost", p.sku);
+    }
+
+    // The next rebuild drops the stray that arrived during the first one: no stray outlives
+    // a rebuild that started after it.
+    rebuild::run(&options(&app, false), Some(&app.state().cache), |_| {})
+        .await
+        .expect("second rebuild");
+    assert_eq!(app.stored_version("rv_products", live_stray.id).await, None);
+    let ids: Vec<serde_json::Value> = app.query_json("SELECT id FROM rv_products ORDER BY id").await;
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    for p in [&kept, &live] {
+        assert_eq!(app.stored_version("rv_products", p.id).await, Some(1), "{} lost", p.sku);
+    }
 }

@@ -9,7 +9,10 @@
 //!   one event per changed aggregate with `sequence` = the new version, and touches nothing
 //!   else;
 //! - a refused command changes nothing at all (products and orders compare equal);
-//! - an order's status only moves `placed → paid → shipped` or `placed|paid → cancelled`.
+//! - an order's status only moves `placed → paid → shipped` or `placed|paid → cancelled`;
+//! - money cannot overflow: at any line count, quantity and price within the limits an order's
+//!   line totals and total are exact (`i64`, checked against `i128`), and past the limits the
+//!   order is refused (422), never a panic.
 
 use std::collections::HashMap;
 
@@ -18,7 +21,7 @@ use ordering_schema::events::{EventKind, OrderStatus};
 use proptest::prelude::*;
 use uuid::Uuid;
 
-use super::values::{DELTA_MAX, STOCK_MAX};
+use super::values::{DELTA_MAX, LINES_MAX, PRICE_CENTS_MAX, QUANTITY_MAX, STOCK_MAX};
 use super::{DomainError, NewProduct, Order, OrderLineRequest, PlaceOrder, Product, ProductChanges, Recorded};
 
 const PRODUCTS: usize = 4;
@@ -370,5 +373,75 @@ proptest! {
         prop_assert!(r.is_err(), "{:?}", r);
         prop_assert_eq!(w.products, before);
         prop_assert!(w.orders.is_empty());
+    }
+}
+
+// The largest order the limits allow totals 10^18 cents: it fits `i64` with room to spare.
+// If a limit is ever raised past that, this stops the build.
+const _: () = assert!((LINES_MAX as i128) * (QUANTITY_MAX as i128) * (PRICE_CENTS_MAX as i128) <= i64::MAX as i128);
+
+/// A value in `0..=max`, often exactly `max`, sometimes one past it.
+fn up_to(max: i64) -> impl Strategy<Value = i64> {
+    prop_oneof![4 => Just(max), 4 => 1..=max, 1 => Just(max + 1)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn order_totals_are_exact_at_the_limits(
+        lines in prop_oneof![
+            4 => Just(LINES_MAX),
+            4 => 1..=LINES_MAX,
+            1 => Just(LINES_MAX + 1),
+        ]
+        .prop_flat_map(|n| prop::collection::vec((up_to(PRICE_CENTS_MAX), up_to(QUANTITY_MAX)), n)),
+    ) {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).expect("t0");
+        // Prices past the limit cannot reach an order: product creation refuses them.
+        let mut products: Vec<Product> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, &(price_cents, _))| {
+                Product::create(
+                    Uuid::from_u128(i as u128 + 1),
+                    NewProduct {
+                        sku: format!("SKU-{i}"),
+                        name: "p".into(),
+                        description: None,
+                        price_cents: price_cents.min(PRICE_CENTS_MAX),
+                        currency: "EUR".into(),
+                        stock: STOCK_MAX,
+                    },
+                    now,
+                )
+                .expect("valid product")
+                .0
+            })
+            .collect();
+        let requests: Vec<OrderLineRequest> = products
+            .iter()
+            .zip(&lines)
+            .map(|(p, &(_, quantity))| OrderLineRequest { product_id: p.id(), quantity })
+            .collect();
+        let within = lines.len() <= LINES_MAX && lines.iter().all(|&(_, q)| q <= QUANTITY_MAX);
+        let placed = PlaceOrder::validate(Uuid::from_u128(7), requests)
+            .and_then(|request| Order::place(Uuid::from_u128(1_000), request, &mut products, now));
+        match placed {
+            Ok((order, _)) => {
+                prop_assert!(within, "an order past the limits was accepted");
+                let mut expected: i128 = 0;
+                for (line, p) in order.state().lines.iter().zip(&products) {
+                    let exact = i128::from(p.state().price_cents) * i128::from(line.quantity);
+                    prop_assert_eq!(i128::from(line.line_total_cents), exact);
+                    expected += exact;
+                }
+                prop_assert_eq!(i128::from(order.state().total_cents), expected);
+            }
+            Err(DomainError::Validation(errors)) => {
+                prop_assert!(!within, "an order within the limits was refused: {:?}", errors);
+            }
+            Err(e) => prop_assert!(false, "unexpected refusal {:?}", e),
+        }
     }
 }

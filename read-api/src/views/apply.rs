@@ -1,5 +1,4 @@
-//! The view tables: how events change them, and the queries the endpoints make. The only
-//! module that speaks SQL.
+//! How events change the view tables, and how the changes are announced.
 //!
 //! Events are applied set-wise: one statement upserts a whole batch of product (or order)
 //! changes, each guarded by the stored version, and reports per event whether it applied.
@@ -9,6 +8,10 @@
 //! events of one aggregate go to successive statements ([`crate::projector::apply_all`]
 //! makes those rounds); the caller decides the transaction around them and announces what
 //! committed ([`announce`]).
+//!
+//! Every row a statement writes draws a fresh `applied` number (the column's default, from
+//! `rv_applied_seq`): that is how a rebuild tells the rows applied while it ran from older
+//! ones ([`crate::rebuild`]).
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
@@ -18,6 +21,8 @@ use ordering_schema::events::{OrderData, OrderStatus, ProductData};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::Tables;
+
 /// The channel applied changes are announced on: a payload is one or more announcements
 /// separated by spaces, each `p:<id>:<version>` or `o:<id>:<version>` (the highest version
 /// each aggregate reached in the announcing transaction), or `rebuilt` after a rebuild
@@ -26,39 +31,6 @@ pub const NOTIFY_CHANNEL: &str = "rv_applied";
 
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more: longer lists are split.
 const MAX_PAYLOAD: usize = 7900;
-
-/// The names of one set of view tables: the live ones, or the fresh ones a rebuild fills.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tables {
-    pub products: String,
-    pub orders: String,
-    pub customers: String,
-}
-
-impl Tables {
-    /// The tables the endpoints read.
-    pub fn live() -> Self {
-        Self::with_suffix("")
-    }
-
-    /// The tables a rebuild fills before swapping them in.
-    pub fn rebuild() -> Self {
-        Self::with_suffix("_rebuild")
-    }
-
-    fn with_suffix(s: &str) -> Self {
-        Self {
-            products: format!("rv_products{s}"),
-            orders: format!("rv_orders{s}"),
-            customers: format!("rv_customers{s}"),
-        }
-    }
-
-    /// Whether these are the live tables (only their changes are announced).
-    pub fn is_live(&self) -> bool {
-        *self == Self::live()
-    }
-}
 
 /// What applying one event did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,7 +130,7 @@ pub async fn apply_products(
             WHERE i.version = 1 OR $8 OR EXISTS (SELECT 1 FROM {t} e WHERE e.id = i.id)
            ON CONFLICT (id) DO UPDATE SET version = excluded.version, name = excluded.name,
               price_cents = excluded.price_cents, stock = excluded.stock,
-              search = excluded.search, doc = excluded.doc
+              search = excluded.search, doc = excluded.doc, applied = DEFAULT
             WHERE t.version = excluded.version - 1 OR ($8 AND t.version < excluded.version)
            RETURNING t.id, t.doc::text AS doc)
          SELECT i.id, up.doc, cur.version AS have, NULL::bigint AS revision
@@ -245,13 +217,14 @@ pub async fn apply_orders(
            ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
               total_cents = excluded.total_cents, currency = excluded.currency,
               created_at = excluded.created_at, item = excluded.item,
-              doc = jsonb_set(excluded.doc, '{{history}}', (t.doc -> 'history') || (excluded.doc -> 'history'))
+              doc = jsonb_set(excluded.doc, '{{history}}', (t.doc -> 'history') || (excluded.doc -> 'history')),
+              applied = DEFAULT
             WHERE t.version = excluded.version - 1 OR ($10 AND t.version < excluded.version)
            RETURNING t.id, t.customer_id, t.doc::text AS doc),
          cust AS (
            INSERT INTO {c} AS c (customer_id, revision)
            SELECT customer_id, count(*) FROM up GROUP BY customer_id ORDER BY customer_id
-           ON CONFLICT (customer_id) DO UPDATE SET revision = c.revision + excluded.revision
+           ON CONFLICT (customer_id) DO UPDATE SET revision = c.revision + excluded.revision, applied = DEFAULT
            RETURNING c.customer_id, c.revision)
          SELECT i.id, up.doc, cur.version AS have, cust.revision
            FROM input i LEFT JOIN up ON up.id = i.id LEFT JOIN {t} cur ON cur.id = i.id
@@ -321,327 +294,4 @@ pub async fn announce(conn: &mut AsyncPgConnection, entries: &[String]) -> diese
         .execute(conn)
         .await?;
     Ok(())
-}
-
-fn not_found_as_none<T>(e: diesel::result::Error) -> diesel::QueryResult<Option<T>> {
-    match e {
-        diesel::result::Error::NotFound => Ok(None),
-        e => Err(e),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Queries of the endpoints.
-
-/// A single view as stored: its version, its owner (orders) and the JSON served.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredView {
-    pub version: i64,
-    pub owner: Option<Uuid>,
-    pub doc: String,
-}
-
-#[derive(QueryableByName)]
-struct DocRow {
-    #[diesel(sql_type = BigInt)]
-    version: i64,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    owner: Option<Uuid>,
-    #[diesel(sql_type = Text)]
-    doc: String,
-}
-
-/// The product view `id`, if any.
-pub async fn product(conn: &mut AsyncPgConnection, id: Uuid) -> diesel::QueryResult<Option<StoredView>> {
-    let row: Option<DocRow> =
-        diesel::sql_query("SELECT version, NULL::uuid AS owner, doc::text AS doc FROM rv_products WHERE id = $1")
-            .bind::<SqlUuid, _>(id)
-            .get_result(conn)
-            .await
-            .map(Some)
-            .or_else(not_found_as_none)?;
-    Ok(row.map(|r| StoredView {
-        version: r.version,
-        owner: r.owner,
-        doc: r.doc,
-    }))
-}
-
-/// The order view `id`, if any, with its customer as owner.
-pub async fn order(conn: &mut AsyncPgConnection, id: Uuid) -> diesel::QueryResult<Option<StoredView>> {
-    let row: Option<DocRow> =
-        diesel::sql_query("SELECT version, customer_id AS owner, doc::text AS doc FROM rv_orders WHERE id = $1")
-            .bind::<SqlUuid, _>(id)
-            .get_result(conn)
-            .await
-            .map(Some)
-            .or_else(not_found_as_none)?;
-    Ok(row.map(|r| StoredView {
-        version: r.version,
-        owner: r.owner,
-        doc: r.doc,
-    }))
-}
-
-#[derive(QueryableByName)]
-struct IdVersion {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = BigInt)]
-    version: i64,
-}
-
-/// The versions of the views `ids` of `table` (`rv_products` or `rv_orders`) that exist.
-pub async fn versions(
-    conn: &mut AsyncPgConnection,
-    table: &str,
-    ids: &[Uuid],
-) -> diesel::QueryResult<Vec<(Uuid, i64)>> {
-    let rows: Vec<IdVersion> = diesel::sql_query(format!("SELECT id, version FROM {table} WHERE id = ANY($1)"))
-        .bind::<Array<SqlUuid>, _>(ids)
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.version)).collect())
-}
-
-/// Sort orders of the product list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ProductSort {
-    #[serde(rename = "name")]
-    Name,
-    #[serde(rename = "price")]
-    Price,
-    #[serde(rename = "-price")]
-    PriceDesc,
-}
-
-/// Where a page of products starts: after this (sort key, id).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ProductKey {
-    Name(String),
-    Price(i64),
-}
-
-/// The product list's filters.
-#[derive(Clone, Debug, Default)]
-pub struct ProductFilter {
-    pub terms: Vec<String>,
-    pub min_price: Option<i64>,
-    pub max_price: Option<i64>,
-    pub in_stock: Option<bool>,
-}
-
-/// One row of a product page: the view and its keys.
-pub struct ProductRow {
-    pub doc: String,
-    pub name: String,
-    pub price_cents: i64,
-    pub id: Uuid,
-}
-
-#[derive(QueryableByName)]
-struct ProductListRow {
-    #[diesel(sql_type = Text)]
-    doc: String,
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = BigInt)]
-    price_cents: i64,
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-}
-
-fn like_pattern(term: &str) -> String {
-    let mut p = String::with_capacity(term.len() + 2);
-    p.push('%');
-    for ch in term.to_lowercase().chars() {
-        if matches!(ch, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(ch);
-    }
-    p.push('%');
-    p
-}
-
-/// Up to `limit` products matching `filter` in `sort` order, after `after` (keyset).
-pub async fn products(
-    conn: &mut AsyncPgConnection,
-    filter: &ProductFilter,
-    sort: ProductSort,
-    after: Option<(ProductKey, Uuid)>,
-    limit: i64,
-) -> diesel::QueryResult<Vec<ProductRow>> {
-    let mut sql = String::from("SELECT doc::text AS doc, name, price_cents, id FROM rv_products WHERE true");
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        n
-    };
-    for _ in &filter.terms {
-        sql.push_str(&format!(" AND search LIKE ${} ESCAPE '\\'", next()));
-    }
-    if filter.min_price.is_some() {
-        sql.push_str(&format!(" AND price_cents >= ${}", next()));
-    }
-    if filter.max_price.is_some() {
-        sql.push_str(&format!(" AND price_cents <= ${}", next()));
-    }
-    match filter.in_stock {
-        Some(true) => sql.push_str(" AND stock > 0"),
-        Some(false) => sql.push_str(" AND stock = 0"),
-        None => {}
-    }
-    if after.is_some() {
-        let (a, b) = (next(), next());
-        sql.push_str(&match sort {
-            ProductSort::Name => format!(" AND (name, id) > (${a}, ${b})"),
-            ProductSort::Price => format!(" AND (price_cents, id) > (${a}, ${b})"),
-            ProductSort::PriceDesc => format!(" AND (price_cents, id) < (${a}, ${b})"),
-        });
-    }
-    sql.push_str(match sort {
-        ProductSort::Name => " ORDER BY name, id",
-        ProductSort::Price => " ORDER BY price_cents, id",
-        ProductSort::PriceDesc => " ORDER BY price_cents DESC, id DESC",
-    });
-    sql.push_str(&format!(" LIMIT ${}", next()));
-    let mut q = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
-    for t in &filter.terms {
-        q = q.bind::<Text, _>(like_pattern(t));
-    }
-    if let Some(v) = filter.min_price {
-        q = q.bind::<BigInt, _>(v);
-    }
-    if let Some(v) = filter.max_price {
-        q = q.bind::<BigInt, _>(v);
-    }
-    if let Some((key, id)) = after {
-        q = match key {
-            ProductKey::Name(s) => q.bind::<Text, _>(s),
-            ProductKey::Price(p) => q.bind::<BigInt, _>(p),
-        };
-        q = q.bind::<SqlUuid, _>(id);
-    }
-    q = q.bind::<BigInt, _>(limit);
-    let rows: Vec<ProductListRow> = q.load(conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ProductRow {
-            doc: r.doc,
-            name: r.name,
-            price_cents: r.price_cents,
-            id: r.id,
-        })
-        .collect())
-}
-
-#[derive(QueryableByName)]
-struct Revision {
-    #[diesel(sql_type = BigInt)]
-    revision: i64,
-}
-
-/// The customer's revision: how many order events of theirs the views reflect (0: none).
-pub async fn customer_revision(conn: &mut AsyncPgConnection, customer: Uuid) -> diesel::QueryResult<i64> {
-    let row: Option<Revision> = diesel::sql_query("SELECT revision FROM rv_customers WHERE customer_id = $1")
-        .bind::<SqlUuid, _>(customer)
-        .get_result(conn)
-        .await
-        .map(Some)
-        .or_else(not_found_as_none)?;
-    Ok(row.map_or(0, |r| r.revision))
-}
-
-/// One row of a customer's order list.
-pub struct OrderListRow {
-    pub item: String,
-    pub created_at: DateTime<Utc>,
-    pub id: Uuid,
-}
-
-#[derive(QueryableByName)]
-struct OrderListDbRow {
-    #[diesel(sql_type = Text)]
-    item: String,
-    #[diesel(sql_type = Timestamptz)]
-    created_at: DateTime<Utc>,
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-}
-
-/// Up to `limit` orders of `customer`, newest first, after `after` (keyset).
-pub async fn customer_orders(
-    conn: &mut AsyncPgConnection,
-    customer: Uuid,
-    status: Option<OrderStatus>,
-    after: Option<(DateTime<Utc>, Uuid)>,
-    limit: i64,
-) -> diesel::QueryResult<Vec<OrderListRow>> {
-    let mut sql = String::from("SELECT item::text AS item, created_at, id FROM rv_orders WHERE customer_id = $1");
-    let mut n = 1;
-    if status.is_some() {
-        n += 1;
-        sql.push_str(&format!(" AND status = ${n}"));
-    }
-    if after.is_some() {
-        sql.push_str(&format!(" AND (created_at, id) < (${}, ${})", n + 1, n + 2));
-        n += 2;
-    }
-    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", n + 1));
-    let mut q = diesel::sql_query(sql)
-        .into_boxed::<diesel::pg::Pg>()
-        .bind::<SqlUuid, _>(customer);
-    if let Some(s) = status {
-        q = q.bind::<Text, _>(s.as_str());
-    }
-    if let Some((at, id)) = after {
-        q = q.bind::<Timestamptz, _>(at).bind::<SqlUuid, _>(id);
-    }
-    let rows: Vec<OrderListDbRow> = q.bind::<BigInt, _>(limit).load(conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| OrderListRow {
-            item: r.item,
-            created_at: r.created_at,
-            id: r.id,
-        })
-        .collect())
-}
-
-#[derive(QueryableByName)]
-struct SummaryRow {
-    #[diesel(sql_type = BigInt)]
-    order_count: i64,
-    #[diesel(sql_type = BigInt)]
-    open_order_count: i64,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    last_order_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Text)]
-    spent: String,
-}
-
-/// The customer's summary, as served.
-pub async fn customer_summary(conn: &mut AsyncPgConnection, customer: Uuid) -> diesel::QueryResult<serde_json::Value> {
-    let row: SummaryRow = diesel::sql_query(
-        "SELECT count(*) AS order_count,
-                count(*) FILTER (WHERE status IN ('placed', 'paid')) AS open_order_count,
-                max(created_at) AS last_order_at,
-                coalesce((SELECT jsonb_object_agg(currency, total)
-                            FROM (SELECT currency, sum(total_cents)::bigint AS total FROM rv_orders
-                                   WHERE customer_id = $1 AND status IN ('paid', 'shipped')
-                                   GROUP BY currency) s), '{}'::jsonb)::text AS spent
-           FROM rv_orders WHERE customer_id = $1",
-    )
-    .bind::<SqlUuid, _>(customer)
-    .get_result(conn)
-    .await?;
-    let spent: serde_json::Value = serde_json::from_str(&row.spent).unwrap_or_else(|_| json!({}));
-    Ok(json!({
-        "customer_id": customer,
-        "order_count": row.order_count,
-        "open_order_count": row.open_order_count,
-        "spent_cents": spent,
-        "last_order_at": row.last_order_at,
-    }))
 }
