@@ -16,10 +16,10 @@ use lapin::options::BasicPublishOptions;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::Breaker;
 use crate::broker::{self, BrokerConn, Topology};
 use crate::leases::Leases;
 use crate::store::{Confirmed, OutboxRow, Store, StoreError};
+use ordering_platform::breaker::Breaker;
 
 /// What the publisher needs, shared with the rest of the relay.
 pub struct Publisher {
