@@ -22,8 +22,8 @@ use diesel::sql_types::{Array, BigInt, Double, Integer, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::Breaker;
 use crate::store::{Store, StoreError};
+use ordering_platform::breaker::Breaker;
 
 #[derive(Clone, Copy, Debug)]
 struct Held {

@@ -63,7 +63,6 @@
 //! retries, dead letters, breaker states and partitions held. Sent rows older than
 //! `OUTBOX_RETENTION` are deleted in small batches on the `OUTBOX_CLEANUP_CRON` schedule.
 
-pub mod breaker;
 pub mod broker;
 pub mod leases;
 pub mod listener;
@@ -82,9 +81,12 @@ use ordering_platform::http::ops::{DependencyState, ReadinessCheck};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Breaker, BreakerState};
 use crate::settings::Settings;
 use crate::store::Store;
+use ordering_platform::breaker::{Breaker, BreakerState};
+
+/// The gauge of the relay's circuit breakers (0 closed, 1 half-open, 2 open), by dependency.
+const BREAKER_GAUGE: &str = "relay_breaker_state";
 
 /// Why the relay could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -116,8 +118,18 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
     let store = Store::new(pool.clone(), s.table.clone(), s.partitions);
     let owner = uuid::Uuid::new_v4();
     let leases = Arc::new(leases::Leases::new(owner, s.partitions));
-    let db = Arc::new(Breaker::new("postgres", s.breaker_failures, s.breaker_cooldown));
-    let broker = Arc::new(Breaker::new("rabbitmq", s.breaker_failures, s.breaker_cooldown));
+    let db = Arc::new(Breaker::new(
+        BREAKER_GAUGE,
+        "postgres",
+        s.breaker_failures,
+        s.breaker_cooldown,
+    ));
+    let broker = Arc::new(Breaker::new(
+        BREAKER_GAUGE,
+        "rabbitmq",
+        s.breaker_failures,
+        s.breaker_cooldown,
+    ));
     let broker_up = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
     let db_reachable = Arc::new(Notify::new());

@@ -16,10 +16,10 @@ use lapin::options::BasicPublishOptions;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::Breaker;
 use crate::broker::{self, BrokerConn, Topology};
 use crate::leases::Leases;
 use crate::store::{Confirmed, OutboxRow, Store, StoreError};
+use ordering_platform::breaker::Breaker;
 
 /// What the publisher needs, shared with the rest of the relay.
 pub struct Publisher {
@@ -82,239 +82,53 @@ fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// A batch read from the outbox, ready to publish.
+struct Batch {
+    rows: Vec<OutboxRow>,
+    /// The fence of each partition held when it was read.
+    fences: HashMap<i32, i64>,
+    /// Whether the read filled a whole batch (more rows are likely waiting).
+    full: bool,
+}
+
+/// The publishing loop's state, kept between its steps.
+struct Run<'a> {
+    publisher: &'a Publisher,
+    stop: CancellationToken,
+    conn: Option<BrokerConn>,
+    /// Confirmed rows not yet marked sent, and the one mark statement under way (marking
+    /// batch N overlaps with publishing batch N+1; reads leave both sets out).
+    to_mark: Vec<Confirmed>,
+    marking: Option<Marking>,
+    /// The next batch, read while the current one is published.
+    prefetched: Option<Prefetch>,
+    /// Aggregates waiting out a backoff after the broker refused their head row.
+    blocked: HashMap<AggKey, Instant>,
+    db_backoff: Box<dyn Iterator<Item = Duration> + Send>,
+    broker_backoff: Box<dyn Iterator<Item = Duration> + Send>,
+    /// After a wake-up whose read found nothing, read again shortly: a notification can
+    /// arrive before the row is visible to other sessions.
+    rechecks: u8,
+}
+
 impl Publisher {
     /// Runs until `stop` is cancelled, then finishes the batch in flight (waiting for its
     /// confirms) and records what was confirmed before returning.
     pub async fn run(self, stop: CancellationToken) {
-        let mut conn: Option<BrokerConn> = None;
-        // Confirmed rows not yet marked sent, and the one mark statement under way (marking
-        // batch N overlaps with publishing batch N+1; reads leave both sets out).
-        let mut to_mark: Vec<Confirmed> = Vec::new();
-        let mut marking: Option<Marking> = None;
-        // The next batch, read while the current one is published.
-        let mut prefetched: Option<Prefetch> = None;
-        // Aggregates waiting out a backoff after the broker refused their head row.
-        let mut blocked: HashMap<AggKey, Instant> = HashMap::new();
-        let mut db_backoff = backoff();
-        let mut broker_backoff = backoff();
-        // After a wake-up whose read found nothing, read again shortly: a notification can
-        // arrive before the row is visible to other sessions.
-        let mut rechecks = 0u8;
-        loop {
-            if marking.as_ref().is_some_and(|m| m.task.is_finished())
-                && let Some(m) = marking.take()
-                && !self.finish_marking(m, &mut to_mark).await
-            {
-                if stop.is_cancelled() {
-                    // Unmarked rows are sent again by the next owner: duplicates, never losses.
-                    return;
-                }
-                self.pause_for_db(db_backoff.next(), &stop).await;
-            }
-            if marking.is_none() && !to_mark.is_empty() {
-                marking = Some(self.start_marking(std::mem::take(&mut to_mark)));
-            }
-            if stop.is_cancelled() {
-                if let Some(m) = marking.take() {
-                    self.finish_marking(m, &mut to_mark).await;
-                }
-                if !to_mark.is_empty() && self.mark(&to_mark).await.is_err() {
-                    tracing::warn!(
-                        rows = to_mark.len(),
-                        "could not record the last confirms; they will be sent again"
-                    );
-                }
-                return;
-            }
-            if let Some(c) = &conn
-                && !c.connected()
-            {
-                tracing::warn!("broker connection lost");
-                self.broker.failure();
-                self.broker_up.store(false, Ordering::Relaxed);
-                conn = None;
-            }
-            let Some(c) = conn.as_ref() else {
-                if let Err(wait) = self.broker.allow() {
-                    self.pause(Some(wait), &stop).await;
-                    continue;
-                }
-                match broker::connect(&self.amqp_url, &self.topology).await {
-                    Ok(c) => {
-                        tracing::info!(exchange = %self.topology.exchange, "connected to the broker");
-                        self.broker.success();
-                        self.broker_up.store(true, Ordering::Relaxed);
-                        broker_backoff = backoff();
-                        conn = Some(c);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot connect to the broker");
-                        metrics::counter!("relay_retries_total", "dependency" => "rabbitmq").increment(1);
-                        self.broker.failure();
-                        self.broker_up.store(false, Ordering::Relaxed);
-                        self.pause(broker_backoff.next(), &stop).await;
-                    }
-                }
-                continue;
-            };
-            let held = self.leases.snapshot();
-            if held.is_empty() {
-                self.idle(&stop).await;
-                continue;
-            }
-            if let Err(wait) = self.db.allow() {
-                self.pause(Some(wait), &stop).await;
-                continue;
-            }
-            let now_fetch = Instant::now();
-            let (rows, fences, skip) = match prefetched.take() {
-                Some(p) => {
-                    let rows = p
-                        .task
-                        .await
-                        .unwrap_or_else(|e| Err(StoreError::Pool(format!("read task failed: {e}"))));
-                    (rows, p.fences, p.skip)
-                }
-                None => {
-                    let partitions: Vec<i32> = held.iter().map(|(p, _)| *p).collect();
-                    let fences: HashMap<i32, i64> = held.into_iter().collect();
-                    let exclude: Vec<i64> = marking
-                        .iter()
-                        .flat_map(|m| m.rows.iter())
-                        .chain(to_mark.iter())
-                        .map(|c| c.id)
-                        .collect();
-                    (
-                        self.store.fetch(&partitions, self.batch, &exclude).await,
-                        fences,
-                        HashSet::new(),
-                    )
-                }
-            };
-            let rows = match rows {
-                Ok(rows) => {
-                    self.db.success();
-                    db_backoff = backoff();
-                    rows
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the outbox");
-                    metrics::counter!("relay_retries_total", "dependency" => "postgres").increment(1);
-                    self.db.failure();
-                    self.pause_for_db(db_backoff.next(), &stop).await;
-                    continue;
-                }
-            };
-            let fetched = rows.len();
-            let fetch_time = now_fetch.elapsed();
-            let full = rows.len() as i64 >= self.batch;
-            let now = Instant::now();
-            blocked.retain(|_, until| *until > now);
-            let rows: Vec<OutboxRow> = rows
-                .into_iter()
-                .filter(|r| {
-                    let key = (r.aggregate_type.clone(), r.aggregate_id.clone());
-                    !blocked.contains_key(&key) && !skip.contains(&key)
-                })
-                .collect();
-            if rows.is_empty() {
-                if rechecks > 0 {
-                    rechecks -= 1;
-                    // A new notification during the pause means another commit: read at once
-                    // rather than let its row wait out the pause.
-                    let recheck = Duration::from_millis(if rechecks == 1 { 5 } else { 25 });
-                    tokio::select! {
-                        () = self.pause(Some(recheck), &stop) => {}
-                        () = self.wake.notified() => rechecks = 2,
-                    }
-                } else if self.idle(&stop).await {
-                    rechecks = 2;
-                }
-                continue;
-            }
-            if full && !stop.is_cancelled() {
-                // Read the next batch while this one is published. It leaves out this
-                // batch's rows; its rows of an aggregate that does not finish here are dropped
-                // (see `skip`), so no row overtakes an earlier one of its aggregate.
-                let held = self.leases.snapshot();
-                let partitions: Vec<i32> = held.iter().map(|(p, _)| *p).collect();
-                let exclude: Vec<i64> = marking
-                    .iter()
-                    .flat_map(|m| m.rows.iter().map(|c| c.id))
-                    .chain(to_mark.iter().map(|c| c.id))
-                    .chain(rows.iter().map(|r| r.id))
-                    .collect();
-                let store = self.store.clone();
-                let batch = self.batch;
-                prefetched = Some(Prefetch {
-                    task: tokio::spawn(async move { store.fetch(&partitions, batch, &exclude).await }),
-                    fences: held.into_iter().collect(),
-                    skip: HashSet::new(),
-                });
-            }
-            let started = Instant::now();
-            let out = self.publish_batch(c, rows, &fences, &stop).await;
-            if let Some(p) = prefetched.as_mut() {
-                if out.broken.is_some() || stop.is_cancelled() {
-                    p.task.abort();
-                    prefetched = None;
-                } else {
-                    p.skip = out.unfinished.clone();
-                }
-            }
-            tracing::debug!(fetched, fetch = ?fetch_time, publish = ?started.elapsed(), confirmed = out.confirmed.len(), "batch");
-            to_mark.extend(out.confirmed);
-            // At most one mark under way: wait for the previous one, then start this batch's.
-            if let Some(m) = marking.take()
-                && !self.finish_marking(m, &mut to_mark).await
-            {
-                self.pause_for_db(db_backoff.next(), &stop).await;
-            }
-            if !to_mark.is_empty() {
-                marking = Some(self.start_marking(std::mem::take(&mut to_mark)));
-            }
-            for (row, reason) in out.poison {
-                tracing::error!(event_id = %row.event_id, outbox_id = row.id, %reason, "poison row: dead-lettered");
-                self.dead_letter(&row, &reason).await;
-            }
-            for (row, reason) in out.nacked {
-                metrics::counter!("relay_retries_total", "dependency" => "rabbitmq").increment(1);
-                let attempts = self
-                    .store
-                    .record_failure(row.id, &reason)
-                    .await
-                    .unwrap_or(row.attempts + 1);
-                if attempts >= self.max_attempts {
-                    tracing::error!(event_id = %row.event_id, attempts, %reason, "refused too often: dead-lettered");
-                    self.dead_letter(&row, &reason).await;
-                } else {
-                    let delay = backoff()
-                        .nth(attempts.max(1) as usize - 1)
-                        .unwrap_or(Duration::from_secs(1));
-                    tracing::warn!(event_id = %row.event_id, attempts, ?delay, %reason, "broker refused the event; will retry");
-                    blocked.insert((row.aggregate_type, row.aggregate_id), Instant::now() + delay);
-                }
-            }
-            if let Some(reason) = out.broken {
-                tracing::warn!(%reason, "broker channel failed; reconnecting");
-                metrics::counter!("relay_retries_total", "dependency" => "rabbitmq").increment(1);
-                self.broker.failure();
-                self.broker_up.store(false, Ordering::Relaxed);
-                if let Some(c) = conn.take() {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), c.connection.close(320, "reconnecting".into()))
-                            .await;
-                }
-                continue;
-            }
-            self.broker.success();
-            if !full && !stop.is_cancelled() {
-                // Fewer rows than a batch: the backlog is drained; wait for news.
-                if self.idle(&stop).await {
-                    rechecks = 2;
-                }
-            }
+        Run {
+            publisher: &self,
+            stop,
+            conn: None,
+            to_mark: Vec::new(),
+            marking: None,
+            prefetched: None,
+            blocked: HashMap::new(),
+            db_backoff: Box::new(backoff()),
+            broker_backoff: Box::new(backoff()),
+            rechecks: 0,
         }
+        .run()
+        .await;
     }
 
     /// Publishes `rows`, keeping up to `window` confirms outstanding and at most one per
@@ -469,27 +283,6 @@ impl Publisher {
         }
     }
 
-    async fn mark(&self, rows: &[Confirmed]) -> Result<(), crate::store::StoreError> {
-        match self.store.mark_sent(rows, self.leases.owner()).await {
-            Ok(n) => {
-                self.db.success();
-                if n < rows.len() {
-                    tracing::warn!(
-                        confirmed = rows.len(),
-                        marked = n,
-                        "some leases were lost; their rows will be sent again"
-                    );
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.db.failure();
-                metrics::counter!("relay_retries_total", "dependency" => "postgres").increment(1);
-                Err(e)
-            }
-        }
-    }
-
     async fn dead_letter(&self, row: &OutboxRow, reason: &str) {
         match self.store.dead_letter(row.id, reason).await {
             Ok(()) => metrics::counter!("relay_dead_lettered_total").increment(1),
@@ -523,5 +316,294 @@ impl Publisher {
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => {}
         }
+    }
+}
+
+impl Run<'_> {
+    async fn run(mut self) {
+        let p = self.publisher;
+        loop {
+            if !self.collect_mark(false).await {
+                if self.stop.is_cancelled() {
+                    // Unmarked rows are sent again by the next owner: duplicates, never losses.
+                    return;
+                }
+                self.pause_for_db().await;
+            }
+            self.start_mark();
+            if self.stop.is_cancelled() {
+                self.mark_last_confirms().await;
+                return;
+            }
+            let Some(conn) = self.connection().await else {
+                continue;
+            };
+            let Some(batch) = self.read_batch().await else {
+                self.conn = Some(conn);
+                continue;
+            };
+            if batch.full && !self.stop.is_cancelled() {
+                self.prefetch(&batch.rows);
+            }
+            let started = Instant::now();
+            let fetched = batch.rows.len();
+            let out = p.publish_batch(&conn, batch.rows, &batch.fences, &self.stop).await;
+            self.after_publish(&out);
+            tracing::debug!(fetched, publish = ?started.elapsed(), confirmed = out.confirmed.len(), "batch");
+            self.to_mark.extend(out.confirmed);
+            // At most one mark under way: wait for the previous one, then start this batch's.
+            if !self.collect_mark(true).await {
+                self.pause_for_db().await;
+            }
+            self.start_mark();
+            for (row, reason) in out.poison {
+                tracing::error!(event_id = %row.event_id, outbox_id = row.id, %reason, "poison row: dead-lettered");
+                p.dead_letter(&row, &reason).await;
+            }
+            for (row, reason) in out.nacked {
+                self.retry_later(row, reason).await;
+            }
+            if let Some(reason) = out.broken {
+                Self::drop_connection(p, conn, &reason).await;
+                continue;
+            }
+            self.conn = Some(conn);
+            p.broker.success();
+            if !batch.full && !self.stop.is_cancelled() {
+                // Fewer rows than a batch: the backlog is drained; wait for news.
+                self.idle().await;
+            }
+        }
+    }
+
+    /// Collects the mark under way, waiting for it if `wait` (else only if it has finished);
+    /// on failure its rows go back to `to_mark`. Returns `false` if it failed.
+    async fn collect_mark(&mut self, wait: bool) -> bool {
+        match self.marking.take_if(|m| wait || m.task.is_finished()) {
+            Some(m) => self.publisher.finish_marking(m, &mut self.to_mark).await,
+            None => true,
+        }
+    }
+
+    /// Starts marking the confirmed rows waiting, unless a mark is under way.
+    fn start_mark(&mut self) {
+        if self.marking.is_none() && !self.to_mark.is_empty() {
+            self.marking = Some(self.publisher.start_marking(std::mem::take(&mut self.to_mark)));
+        }
+    }
+
+    /// On the way out: the mark under way, then one for every confirm left.
+    async fn mark_last_confirms(&mut self) {
+        self.collect_mark(true).await;
+        self.start_mark();
+        if !self.collect_mark(true).await {
+            tracing::warn!(
+                rows = self.to_mark.len(),
+                "could not record the last confirms; they will be sent again"
+            );
+        }
+    }
+
+    /// The broker connection, taken out of the state for this turn; `None` if there is none
+    /// (lost, or refused by the breaker or the broker), after a pause.
+    async fn connection(&mut self) -> Option<BrokerConn> {
+        let p = self.publisher;
+        if let Some(c) = self.conn.take() {
+            if c.connected() {
+                return Some(c);
+            }
+            tracing::warn!("broker connection lost");
+            p.broker.failure();
+            p.broker_up.store(false, Ordering::Relaxed);
+        }
+        if let Err(wait) = p.broker.allow() {
+            p.pause(Some(wait), &self.stop).await;
+            return None;
+        }
+        match broker::connect(&p.amqp_url, &p.topology).await {
+            Ok(c) => {
+                tracing::info!(exchange = %p.topology.exchange, "connected to the broker");
+                p.broker.success();
+                p.broker_up.store(true, Ordering::Relaxed);
+                self.broker_backoff = Box::new(backoff());
+                // Connecting took this turn: see about stopping before reading.
+                self.conn = Some(c);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect to the broker");
+                metrics::counter!("relay_retries_total", "dependency" => "rabbitmq").increment(1);
+                p.broker.failure();
+                p.broker_up.store(false, Ordering::Relaxed);
+                p.pause(self.broker_backoff.next(), &self.stop).await;
+            }
+        }
+        None
+    }
+
+    /// The next rows to publish (the prefetched read, or a read now), without the aggregates
+    /// blocked or skipped; `None` if there are none (after waiting for news) or the read failed
+    /// (after a pause).
+    async fn read_batch(&mut self) -> Option<Batch> {
+        let p = self.publisher;
+        let held = p.leases.snapshot();
+        if held.is_empty() {
+            p.idle(&self.stop).await;
+            return None;
+        }
+        if let Err(wait) = p.db.allow() {
+            p.pause(Some(wait), &self.stop).await;
+            return None;
+        }
+        let (rows, fences, skip) = match self.prefetched.take() {
+            Some(pre) => {
+                let rows = pre
+                    .task
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Pool(format!("read task failed: {e}"))));
+                (rows, pre.fences, pre.skip)
+            }
+            None => {
+                let partitions: Vec<i32> = held.iter().map(|(p, _)| *p).collect();
+                let exclude = self.unmarked_ids().collect::<Vec<_>>();
+                (
+                    p.store.fetch(&partitions, p.batch, &exclude).await,
+                    held.into_iter().collect(),
+                    HashSet::new(),
+                )
+            }
+        };
+        let rows = match rows {
+            Ok(rows) => {
+                p.db.success();
+                self.db_backoff = Box::new(backoff());
+                rows
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox");
+                metrics::counter!("relay_retries_total", "dependency" => "postgres").increment(1);
+                p.db.failure();
+                self.pause_for_db().await;
+                return None;
+            }
+        };
+        let full = rows.len() as i64 >= p.batch;
+        let now = Instant::now();
+        self.blocked.retain(|_, until| *until > now);
+        let rows: Vec<OutboxRow> = rows
+            .into_iter()
+            .filter(|r| {
+                let key = (r.aggregate_type.clone(), r.aggregate_id.clone());
+                !self.blocked.contains_key(&key) && !skip.contains(&key)
+            })
+            .collect();
+        if rows.is_empty() {
+            self.wait_after_empty_read().await;
+            return None;
+        }
+        Some(Batch { rows, fences, full })
+    }
+
+    /// Ids of rows confirmed but not yet marked sent (reads leave them out).
+    fn unmarked_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.marking
+            .iter()
+            .flat_map(|m| m.rows.iter())
+            .chain(self.to_mark.iter())
+            .map(|c| c.id)
+    }
+
+    /// After a read that found nothing to publish: read again shortly while rechecks are
+    /// left, else wait for news.
+    async fn wait_after_empty_read(&mut self) {
+        if self.rechecks > 0 {
+            self.rechecks -= 1;
+            // A new notification during the pause means another commit: read at once
+            // rather than let its row wait out the pause.
+            let recheck = Duration::from_millis(if self.rechecks == 1 { 5 } else { 25 });
+            tokio::select! {
+                () = self.publisher.pause(Some(recheck), &self.stop) => {}
+                () = self.publisher.wake.notified() => self.rechecks = 2,
+            }
+        } else {
+            self.idle().await;
+        }
+    }
+
+    /// Waits for news; a notification arms the rechecks.
+    async fn idle(&mut self) {
+        if self.publisher.idle(&self.stop).await {
+            self.rechecks = 2;
+        }
+    }
+
+    /// Reads the next batch while `rows` are published. It leaves out these rows; its rows of
+    /// an aggregate that does not finish here are dropped (see `skip`), so no row overtakes an
+    /// earlier one of its aggregate.
+    fn prefetch(&mut self, rows: &[OutboxRow]) {
+        let p = self.publisher;
+        let held = p.leases.snapshot();
+        let partitions: Vec<i32> = held.iter().map(|(p, _)| *p).collect();
+        let exclude: Vec<i64> = self.unmarked_ids().chain(rows.iter().map(|r| r.id)).collect();
+        let store = p.store.clone();
+        let batch = p.batch;
+        self.prefetched = Some(Prefetch {
+            task: tokio::spawn(async move { store.fetch(&partitions, batch, &exclude).await }),
+            fences: held.into_iter().collect(),
+            skip: HashSet::new(),
+        });
+    }
+
+    /// The prefetched read is dropped if the batch broke the channel or the relay is
+    /// stopping; otherwise it must skip the aggregates this batch did not finish.
+    fn after_publish(&mut self, out: &BatchOutcome) {
+        if let Some(pre) = self.prefetched.as_mut() {
+            if out.broken.is_some() || self.stop.is_cancelled() {
+                pre.task.abort();
+                self.prefetched = None;
+            } else {
+                pre.skip = out.unfinished.clone();
+            }
+        }
+    }
+
+    /// A row the broker refused: retried after a backoff that grows with its attempts (its
+    /// aggregate waits), dead-lettered after `max_attempts`.
+    async fn retry_later(&mut self, row: OutboxRow, reason: String) {
+        let p = self.publisher;
+        metrics::counter!("relay_retries_total", "dependency" => "rabbitmq").increment(1);
+        let attempts = p
+            .store
+            .record_failure(row.id, &reason)
+            .await
+            .unwrap_or(row.attempts + 1);
+        if attempts >= p.max_attempts {
+            tracing::error!(event_id = %row.event_id, attempts, %reason, "refused too often: dead-lettered");
+            p.dead_letter(&row, &reason).await;
+        } else {
+            let delay = backoff()
+                .nth(attempts.max(1) as usize - 1)
+                .unwrap_or(Duration::from_secs(1));
+            tracing::warn!(event_id = %row.event_id, attempts, ?delay, %reason, "broker refused the event; will retry");
+            self.blocked
+                .insert((row.aggregate_type, row.aggregate_id), Instant::now() + delay);
+        }
+    }
+
+    /// Gives up a connection whose channel failed; the next turn reconnects.
+    async fn drop_connection(p: &Publisher, conn: BrokerConn, reason: &str) {
+        tracing::warn!(%reason, "broker channel failed; reconnecting");
+        metrics::counter!("relay_retries_total", "dependency" => "rabbitmq").increment(1);
+        p.broker.failure();
+        p.broker_up.store(false, Ordering::Relaxed);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            conn.connection.close(320, "reconnecting".into()),
+        )
+        .await;
+    }
+
+    async fn pause_for_db(&mut self) {
+        let wait = self.db_backoff.next();
+        self.publisher.pause_for_db(wait, &self.stop).await;
     }
 }

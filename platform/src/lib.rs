@@ -10,9 +10,12 @@
 //!   extractor that maps every malformed body to its 4xx, `/health/*` and `/metrics`, and
 //!   serving with graceful shutdown;
 //! - [`db`]: the PostgreSQL pool, with bounded waits;
+//! - [`breaker`]: the circuit breaker guarding a dependency (the relay's PostgreSQL and
+//!   RabbitMQ, the read-api's Redis);
 //! - [`shutdown`]: the SIGTERM / Ctrl-C signal.
 
 pub mod auth;
+pub mod breaker;
 pub mod db;
 pub mod http;
 pub mod problem;

@@ -11,8 +11,9 @@
 //!   (the announced version), so an older entry can not be put back afterwards.
 //! - **Single flight.** Concurrent misses of one key share one Redis read and at most one
 //!   PostgreSQL read.
-//! - **Redis is optional.** Every call is bounded by `REDIS_TIMEOUT_MS`; after a failure Redis
-//!   is skipped for a short pause (so a dead Redis costs nothing per request), and writes the
+//! - **Redis is optional.** Every call is bounded by `REDIS_TIMEOUT_MS`; a failure opens the
+//!   shared circuit breaker ([`ordering_platform::breaker`]): Redis is skipped for a short pause,
+//!   then one probe goes through (so a dead Redis costs nothing per request), and writes the
 //!   projector could not make are retried in the background until Redis answers again, so a
 //!   Redis that comes back holds nothing older than the views.
 //!
@@ -22,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use uuid::Uuid;
+
+use ordering_platform::breaker::Breaker;
 
 use crate::views::StoredView;
 
@@ -287,9 +290,8 @@ struct Inner {
     ttl_secs: u64,
     timeout: Duration,
     local_ttl: Duration,
-    started: Instant,
-    /// Milliseconds since `started` before which Redis is not tried (after a failure).
-    skip_until_ms: AtomicU64,
+    /// Opened by one failure: Redis is left alone for [`REDIS_PAUSE`], then probed.
+    breaker: Breaker,
     redis_ok: AtomicBool,
     local: Vec<Mutex<Shard>>,
     flights: Mutex<HashMap<String, Flight>>,
@@ -329,8 +331,7 @@ impl Cache {
             ttl_secs: ttl.as_secs().max(1),
             timeout,
             local_ttl,
-            started: Instant::now(),
-            skip_until_ms: AtomicU64::new(0),
+            breaker: Breaker::new("read_cache_breaker_state", "redis", 1, REDIS_PAUSE),
             redis_ok: AtomicBool::new(true),
             local: (0..SHARDS)
                 .map(|_| {
@@ -370,10 +371,6 @@ impl Cache {
 
     // ---- Redis plumbing -------------------------------------------------------------
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// Runs `f` against Redis, bounded by the timeout; `None` if Redis is paused, failed or
     /// too slow (then it is paused).
     async fn with_redis<T, F, Fut>(&self, f: F) -> Option<T>
@@ -381,15 +378,14 @@ impl Cache {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        if self.now_ms() < self.inner.skip_until_ms.load(Ordering::Relaxed) {
-            return None;
-        }
+        self.inner.breaker.allow().ok()?;
         let run = async {
             let conn = self.inner.redis.conn().await?;
             f(conn).await
         };
         match tokio::time::timeout(self.inner.timeout, run).await {
             Ok(Ok(v)) => {
+                self.inner.breaker.success();
                 if !self.inner.redis_ok.swap(true, Ordering::Relaxed) {
                     tracing::info!("Redis answers again: cache back in use");
                 }
@@ -408,8 +404,7 @@ impl Cache {
 
     fn redis_failed(&self, why: &str) {
         self.inner.redis_errors.increment(1);
-        let until = self.now_ms() + u64::try_from(REDIS_PAUSE.as_millis()).unwrap_or(500);
-        self.inner.skip_until_ms.store(until, Ordering::Relaxed);
+        self.inner.breaker.failure();
         if self.inner.redis_ok.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = why, "Redis unavailable: answering from PostgreSQL");
         }

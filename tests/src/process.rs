@@ -141,14 +141,36 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// Runs `package`'s binary to completion with `args` and `env` (no listening address), and
-/// returns its exit status and standard error.
+/// The setting naming where `package` listens (e.g. `WRITE_API_ADDR` for `write-api`).
+pub fn addr_var(package: &str) -> &'static str {
+    match package {
+        "write-api" => "WRITE_API_ADDR",
+        "read-api" => "READ_API_ADDR",
+        "outbox-relay" => "RELAY_ADDR",
+        other => panic!("no listening address known for {other}"),
+    }
+}
+
+/// Sets `package`'s listening address to a free port unless `cmd`'s `env` names one: a run that
+/// was meant to stop early but gets as far as binding must never take a default port (8080-8082),
+/// which a pipeline running on this machine holds.
+pub fn free_addr_unless_set(cmd: &mut Command, package: &str, env: &HashMap<String, String>) {
+    let var = addr_var(package);
+    if !env.contains_key(var) {
+        cmd.env(var, free_addr().to_string());
+    }
+}
+
+/// Runs `package`'s binary to completion with `args` and `env` (listening, if it gets that far,
+/// on a free port unless `env` gives an address), and returns its exit status and standard error.
 pub fn run_to_exit(package: &str, args: &[&str], env: &HashMap<String, String>) -> (ExitStatus, String) {
-    let out = Command::new(binary(package))
-        .args(args)
+    let mut cmd = Command::new(binary(package));
+    cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
+        .envs(env);
+    free_addr_unless_set(&mut cmd, package, env);
+    let out = cmd
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {package}: {e}"));

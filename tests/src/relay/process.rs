@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
-use crate::process::{ServiceProcess, binary};
+use crate::process::{ServiceProcess, binary, free_addr_unless_set};
 
 /// Environment for a relay process.
 #[derive(Clone, Debug)]
@@ -47,10 +47,11 @@ pub fn spawn_relay(env: &RelayEnv) -> ServiceProcess {
     ServiceProcess::spawn("outbox-relay", &[], "RELAY_ADDR", &env.vars)
 }
 
-/// The relay binary with `env` and `args` (a CLI command such as `migrate` or `dlq list`),
-/// stdout/stderr inherited.
+/// The relay binary with `env` and `args` (a CLI command such as `migrate` or `dlq list`, or none
+/// to serve), stdout/stderr inherited; it listens on a free port unless `env` sets `RELAY_ADDR`.
 pub fn relay_command(env: &RelayEnv, args: &[&str]) -> Command {
     let mut cmd = Command::new(binary("outbox-relay"));
     cmd.args(args).envs(&env.vars).stdin(Stdio::null());
+    free_addr_unless_set(&mut cmd, "outbox-relay", &env.vars);
     cmd
 }

@@ -2,6 +2,11 @@
 //! for `cooldown`, then lets one probe through (half-open); the probe's success closes it,
 //! its failure opens it again. It keeps a dependency that is down from being hammered and
 //! makes "down" visible (readiness, metrics) instead of only a stream of errors in the logs.
+//!
+//! One breaker serves the relay (PostgreSQL, RabbitMQ) and the read-api's Redis tier. A probe
+//! whose outcome is never recorded (its caller was cancelled, e.g. a request whose client went
+//! away) is presumed lost after a cooldown, and another probe may go: a dropped probe must
+//! not keep the breaker half-open for good.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,14 +35,22 @@ impl BreakerState {
 
 #[derive(Debug)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A probe went through at `since`.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 /// A circuit breaker around one dependency.
 #[derive(Debug)]
 pub struct Breaker {
+    gauge: &'static str,
     name: &'static str,
     threshold: u32,
     cooldown: Duration,
@@ -45,9 +58,11 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    /// A closed breaker named after the dependency it guards (`postgres`, `rabbitmq`).
-    pub fn new(name: &'static str, threshold: u32, cooldown: Duration) -> Self {
+    /// A closed breaker named after the dependency it guards (`postgres`, `rabbitmq`, `redis`),
+    /// whose state is the gauge `gauge` labelled `dependency`.
+    pub fn new(gauge: &'static str, name: &'static str, threshold: u32, cooldown: Duration) -> Self {
         let b = Self {
+            gauge,
             name,
             threshold: threshold.max(1),
             cooldown,
@@ -74,14 +89,15 @@ impl Breaker {
             State::Closed { .. } => Ok(()),
             State::Open { until } if now < until => Err(until - now),
             State::Open { .. } => {
-                *s = State::HalfOpen { probing: true };
+                *s = State::HalfOpen { since: now };
                 drop(s);
                 self.publish_gauge(BreakerState::HalfOpen);
                 Ok(())
             }
-            State::HalfOpen { probing: true } => Err(Duration::from_millis(100)),
-            State::HalfOpen { probing: false } => {
-                *s = State::HalfOpen { probing: true };
+            State::HalfOpen { since } if now < since + self.cooldown => Err(Duration::from_millis(100)),
+            State::HalfOpen { .. } => {
+                // The probe's outcome never came: its caller was cancelled.
+                *s = State::HalfOpen { since: now };
                 Ok(())
             }
         }
@@ -142,7 +158,7 @@ impl Breaker {
     }
 
     fn publish_gauge(&self, s: BreakerState) {
-        metrics::gauge!("relay_breaker_state", "dependency" => self.name).set(s.gauge());
+        metrics::gauge!(self.gauge, "dependency" => self.name).set(s.gauge());
     }
 }
 
@@ -152,7 +168,7 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_probes_then_closes() {
-        let b = Breaker::new("x", 3, Duration::from_secs(5));
+        let b = Breaker::new("test_breaker_state", "x", 3, Duration::from_secs(5));
         let t0 = Instant::now();
         b.failure_at(t0);
         b.failure_at(t0);
@@ -172,7 +188,7 @@ mod tests {
 
     #[test]
     fn failed_probe_opens_again() {
-        let b = Breaker::new("x", 1, Duration::from_secs(2));
+        let b = Breaker::new("test_breaker_state", "x", 1, Duration::from_secs(2));
         let t0 = Instant::now();
         b.failure_at(t0);
         assert_eq!(b.state(), BreakerState::Open);
@@ -184,8 +200,19 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_never_answered_lets_another_through_after_a_cooldown() {
+        let b = Breaker::new("test_breaker_state", "x", 1, Duration::from_secs(2));
+        let t0 = Instant::now();
+        b.failure_at(t0);
+        assert!(b.allow_at(t0 + Duration::from_secs(2)).is_ok());
+        assert!(b.allow_at(t0 + Duration::from_secs(3)).is_err());
+        assert!(b.allow_at(t0 + Duration::from_secs(4)).is_ok());
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+    }
+
+    #[test]
     fn success_resets_the_count() {
-        let b = Breaker::new("x", 2, Duration::from_secs(2));
+        let b = Breaker::new("test_breaker_state", "x", 2, Duration::from_secs(2));
         let t0 = Instant::now();
         b.failure_at(t0);
         b.success();
