@@ -11,4 +11,5 @@ mod consistency;
 mod money;
 mod projector;
 mod rebuild;
+mod search;
 mod views;
