@@ -22,6 +22,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::Tables;
+use super::search::search_text;
 
 /// The channel applied changes are announced on: a payload is one or more announcements
 /// separated by spaces, each `p:<id>:<version>` or `o:<id>:<version>` (the highest version
@@ -65,11 +66,6 @@ struct AppliedRow {
     have: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
     revision: Option<i64>,
-}
-
-/// The text `search` terms are matched in.
-pub fn search_text(p: &ProductData) -> String {
-    format!("{} {} {}", p.sku, p.name, p.description).to_lowercase()
 }
 
 /// One product change: the state `data` at version `sequence`.

@@ -1,14 +1,17 @@
 //! The view tables: how events change them ([`apply`]) and what the endpoints read from
-//! them ([`queries`]). The only module that speaks SQL.
+//! them ([`queries`]); how product search matches text ([`search`]). The only module that
+//! speaks SQL.
 //!
 //! Everything is re-exported here, so callers name `crate::views::...` whichever half an item
 //! lives in.
 
 mod apply;
 mod queries;
+mod search;
 
 pub use apply::*;
 pub use queries::*;
+pub use search::search_text;
 
 /// The names of one set of view tables: the live ones, or the fresh ones a rebuild fills.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,6 +10,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use ordering_schema::events::OrderStatus;
 use uuid::Uuid;
 
+use super::search::like_pattern;
+
 fn not_found_as_none<T>(e: diesel::result::Error) -> diesel::QueryResult<Option<T>> {
     match e {
         diesel::result::Error::NotFound => Ok(None),
@@ -133,19 +135,6 @@ struct ProductListRow {
     price_cents: i64,
     #[diesel(sql_type = SqlUuid)]
     id: Uuid,
-}
-
-fn like_pattern(term: &str) -> String {
-    let mut p = String::with_capacity(term.len() + 2);
-    p.push('%');
-    for ch in term.to_lowercase().chars() {
-        if matches!(ch, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(ch);
-    }
-    p.push('%');
-    p
 }
 
 /// Up to `limit` products matching `filter` in `sort` order, after `after` (keyset).

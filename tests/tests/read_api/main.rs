@@ -11,5 +11,6 @@ mod consistency;
 mod money;
 mod projector;
 mod rebuild;
+mod search;
 mod stalls;
 mod views;
