@@ -1,6 +1,8 @@
 //! The publishing loop: read unsent rows of the partitions held, publish them with a window
 //! of outstanding confirms (at most one unconfirmed message per aggregate), mark the
 //! confirmed ones sent in one statement, and sleep until a notification or the poll.
+//! Messages are `mandatory`: one the broker returns (no queue bound for it) is confirmed but
+//! not delivered, and is retried like a nack.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -71,6 +73,15 @@ struct BatchOutcome {
     broken: Option<String>,
     /// Aggregates with a row of the batch that was not confirmed.
     unfinished: HashSet<AggKey>,
+}
+
+/// Why the broker returned a message: no queue is bound for its routing key (an operator
+/// removed the stream's binding), so a confirm alone would have dropped it unseen.
+fn returned_reason(r: &lapin::message::BasicReturnMessage) -> String {
+    format!(
+        "the broker returned the message ({} {}): no queue is bound for routing key {}",
+        r.reply_code, r.reply_text, r.delivery.routing_key
+    )
 }
 
 fn backoff() -> impl Iterator<Item = Duration> {
@@ -159,6 +170,10 @@ impl Publisher {
         }
         type Pending = BoxFuture<'static, (AggKey, OutboxRow, Instant, Result<Confirmation, lapin::Error>)>;
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        // Messages the broker returned, by message id, with why. lapin hands a returned message
+        // to the next confirm it completes, which a multiple ack can make another message's:
+        // each confirm is checked against every return seen, not only the one it carries.
+        let mut returned: HashMap<String, String> = HashMap::new();
         loop {
             while out.broken.is_none() && !stop.is_cancelled() && inflight.len() < self.window {
                 let Some(key) = ready.pop_front() else { break };
@@ -182,10 +197,14 @@ impl Publisher {
                     }
                 };
                 let started = Instant::now();
+                // Mandatory: a message no queue takes is returned, not confirmed and dropped.
                 let publish = conn.channel.basic_publish(
                     self.topology.exchange.as_str().into(),
                     routing_key,
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     row.payload.as_bytes(),
                     props,
                 );
@@ -212,6 +231,17 @@ impl Publisher {
                     .get_or_insert_with(|| format!("no confirm within {:?}", self.confirm_timeout));
                 break;
             };
+            if let Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r))) = &result
+                && let Some(id) = r.delivery.properties.message_id()
+            {
+                returned.insert(id.to_string(), returned_reason(r));
+            }
+            if let Some(reason) = returned.remove(&row.event_id.to_string()) {
+                queues.remove(&key);
+                out.unfinished.insert(key.clone());
+                out.nacked.push((row, reason));
+                continue;
+            }
             match result {
                 Ok(Confirmation::Ack(_)) => {
                     metrics::histogram!("relay_confirm_seconds").record(started.elapsed().as_secs_f64());
