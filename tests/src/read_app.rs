@@ -82,6 +82,8 @@ impl ReadApp {
             auth: Authenticator::hs256(SECRET.as_bytes()),
             cursor_secret: SECRET.as_bytes().to_vec(),
             consistency_wait: opts.consistency_wait,
+            consistency_key: crate::write_app::consistency_key(),
+            max_waiters: read_api::settings::DEFAULT_MAX_WAITERS,
             exchange: name.clone(),
             queue: format!("{name}.projector"),
             stream: format!("{name}.log"),
