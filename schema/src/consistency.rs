@@ -127,7 +127,7 @@ impl ConsistencyKey {
             return Err(TokenError::TooLarge);
         }
         let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Malformed)?;
-        if bytes.len() <= MAC_LEN + SUBJECT_LEN || (bytes.len() - MAC_LEN - SUBJECT_LEN) % MARK_LEN != 0 {
+        if bytes.len() <= MAC_LEN + SUBJECT_LEN || !(bytes.len() - MAC_LEN - SUBJECT_LEN).is_multiple_of(MARK_LEN) {
             return Err(TokenError::Malformed);
         }
         let (mac, payload) = bytes.split_at(MAC_LEN);

@@ -142,6 +142,7 @@ async fn a_token_the_views_do_not_reach_in_time_is_503_and_a_malformed_one_400()
 async fn a_thousand_waiting_requests_cost_nothing_and_all_wake() {
     let app = ReadApp::start_with(ReadOptions {
         consistency_wait: Duration::from_secs(20),
+        max_waiters: 1000,
         ..Default::default()
     })
     .await;

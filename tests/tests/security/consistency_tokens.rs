@@ -5,7 +5,8 @@
 //!   needs, and past `CONSISTENCY_MAX_WAITERS` are answered 503 at once with `Retry-After`;
 //! - a token bound to another customer names nothing this caller may read: it is answered as
 //!   if it were not sent, without waiting;
-//! - `GET /v1/products` (lists and searches) honours the token too.
+//! - `GET /v1/products` (lists and searches) honours the token too;
+//! - the write-api signs what it issues, bound to the caller's `sub`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ordering_schema::consistency::VersionMark;
+use ordering_schema::consistency::{ConsistencyKey, VersionMark};
 use ordering_schema::events::AggregateType;
 use ordering_tests::read_app::{ReadApp, ReadOptions, order, order_event, product, product_event};
-use ordering_tests::write_app::{answer, customer_token, issue_consistency_token};
+use ordering_tests::write_app::{SECRET, WriteApp, answer, customer_token, issue_consistency_token, token_with};
+use serde_json::json;
 use uuid::Uuid;
 
 /// The token the write-api would give `subject` for a command that changed `marks`.
@@ -215,4 +217,36 @@ async fn product_lists_and_searches_honour_the_token() {
         }
     }
     assert_eq!(found, 20, "found the new product in {found} of 20 reads");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_write_api_signs_tokens_bound_to_the_caller() {
+    let app = WriteApp::start().await;
+    let admin = Uuid::now_v7();
+    let admin_bearer = token_with(&admin.to_string(), "admin", 600, SECRET);
+    let body = json!({"sku": "BOUND-1", "name": "n", "price_cents": 100, "currency": "EUR", "stock": 5});
+    let created = answer(app.post("/v1/products", &admin_bearer, &body)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let token = created.consistency_token();
+    assert_eq!(token.subject, admin);
+    let pid = created.body["id"].as_str().unwrap().to_owned();
+    let customer = Uuid::now_v7();
+    let placed = app.place_order(&customer_token(customer), None, &[(&pid, 2)]).await;
+    assert_eq!(placed.status, 201, "{}", placed.text);
+    let token = placed.consistency_token();
+    assert_eq!(token.subject, customer);
+    let oid: Uuid = placed.body["id"].as_str().unwrap().parse().unwrap();
+    assert!(token.marks.contains(&VersionMark {
+        aggregate: AggregateType::Order,
+        id: oid,
+        version: 1
+    }));
+    assert!(token.marks.contains(&VersionMark {
+        aggregate: AggregateType::Product,
+        id: pid.parse().unwrap(),
+        version: 2
+    }));
+    // Signed with the shared key: with any other, it is not a token.
+    let raw = placed.header("x-consistency-token").unwrap();
+    assert!(ConsistencyKey::new(b"another-secret-0123456789").verify(raw).is_err());
 }

@@ -6,7 +6,7 @@
 //! - the request timeout: a request stuck on a database lock is answered 503 problem+json at
 //!   the limit and leaves nothing half-written;
 //! - bounded concurrency: beyond `max_concurrent_requests` requests wait and time out rather
-//!   than pile up;
+//!   than pile up (except `/health/*`, which answers at once however busy the service is);
 //! - bounded database connections: many concurrent commands use at most the pool's size;
 //! - body limit: an oversize body is 413 `payload_too_large`;
 //! - bounded consistency waits: a token naming a far-future version or 101 unknown
@@ -237,13 +237,30 @@ async fn request_timeout_and_concurrency_limit_bound_stuck_requests() {
     // Two requests stuck on the lock fill the concurrency limit; a third, that needs no lock,
     // cannot run beside them: it waits for a slot (and is served only once the stuck ones
     // have timed out), so nothing piles up beyond the limit. The stuck commands give up at
-    // their budget (640 ms of the 800 ms timeout), rolled back.
+    // their budget (640 ms of the 800 ms timeout), rolled back. Health probes are outside the
+    // limit: they answer at once.
     let t = Instant::now();
-    let (a, b, c) = tokio::join!(patch("one"), patch("two"), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let res = client.get(app.url("/health/live")).send().await;
-        (res, t.elapsed())
-    });
+    let (a, b, c, live) = tokio::join!(
+        patch("one"),
+        patch("two"),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let res = client.get(app.url("/openapi.json")).send().await;
+            (res, t.elapsed())
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let asked = Instant::now();
+            let res = client.get(app.url("/health/live")).send().await;
+            (res, asked.elapsed())
+        }
+    );
+    let (live, live_took) = live;
+    assert_eq!(live.expect("live").status(), 200);
+    assert!(
+        live_took < Duration::from_millis(200),
+        "/health/live waited {live_took:?} behind the stuck requests"
+    );
     let elapsed = t.elapsed();
     for res in [a, b] {
         let a = ordering_tests::write_app::Answer::read(res.expect("answer")).await;
