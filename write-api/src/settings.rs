@@ -65,7 +65,7 @@ impl Settings {
 }
 
 /// `CONSISTENCY_SECRET`, else `JWT_SECRET`, else (with `AUTH=off`) the public demo key.
-pub fn consistency_key() -> Result<ConsistencyKey, SettingError> {
+fn consistency_key() -> Result<ConsistencyKey, SettingError> {
     ConsistencyKey::from_settings(
         settings::raw("CONSISTENCY_SECRET").as_deref(),
         settings::raw("JWT_SECRET").as_deref(),
