@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use ordering_platform::auth::Authenticator;
 use ordering_platform::db::PgPool;
+use ordering_schema::consistency::ConsistencyKey;
 
 use crate::cache::Cache;
 use crate::consistency::Hub;
@@ -38,6 +39,8 @@ pub struct Shared {
     pub hub: Hub,
     pub auth: Authenticator,
     pub cursors: Cursors,
+    /// Verifies `X-Consistency-Token` (`CONSISTENCY_SECRET`).
+    pub consistency: ConsistencyKey,
     /// `CONSISTENCY_WAIT_MS`.
     pub consistency_wait: Duration,
     /// The projector's broker connection, when this instance runs one (readiness).

@@ -7,8 +7,12 @@
 //! so no announcement can slip between its check and its sleep; it then sleeps on a
 //! [`tokio::sync::Notify`] and re-checks only when an announcement reaches the version it
 //! needs (an announcement only triggers a re-read; the re-read decides). A thousand waiting
-//! requests are a thousand idle futures. If the listening connection drops, announcements may
-//! have been missed: every waiter is woken to re-check and the in-process cache is cleared.
+//! requests are a thousand idle futures: a re-read borrows a pooled connection and returns it
+//! before sleeping, so no waiter holds one. Waiting has its own capacity
+//! (`CONSISTENCY_MAX_WAITERS`, below the request limit so waiters can never take every request
+//! slot): a request that finds it full is refused at once (503 `too_many_waiters`). If the
+//! listening connection drops, announcements may have been missed: every waiter is woken to
+//! re-check and the in-process cache is cleared.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +24,7 @@ use futures::StreamExt;
 use ordering_platform::db::PgPool;
 use ordering_schema::consistency::VersionMark;
 use ordering_schema::events::AggregateType;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -37,11 +41,13 @@ struct Waiter {
 }
 
 /// The in-process fan-out of announcements to waiting requests.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
     waiters: Arc<Mutex<HashMap<Key, Vec<Waiter>>>>,
     next_id: Arc<AtomicU64>,
     listening: Arc<AtomicBool>,
+    /// One permit per request that may be in [`Hub::wait_for`] at once.
+    slots: Arc<Semaphore>,
 }
 
 /// A request's registration; dropping it unregisters.
@@ -72,11 +78,23 @@ impl Drop for Registration {
 pub enum WaitError {
     #[error("the views did not reflect the command in time")]
     Timeout,
+    #[error("too many requests are waiting for the views")]
+    TooManyWaiters,
     #[error("reading view versions: {0}")]
     Database(String),
 }
 
 impl Hub {
+    /// A hub letting at most `max_waiters` requests wait at once.
+    pub fn new(max_waiters: usize) -> Self {
+        Self {
+            waiters: Arc::default(),
+            next_id: Arc::default(),
+            listening: Arc::default(),
+            slots: Arc::new(Semaphore::new(max_waiters)),
+        }
+    }
+
     /// Registers interest in `marks`.
     pub fn register(&self, marks: &[VersionMark]) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -129,9 +147,14 @@ impl Hub {
         AtomicBool::load(&self.listening, Ordering::Relaxed)
     }
 
-    /// Waits until every mark is reflected by the views, at most `limit`.
+    /// Waits until every mark is reflected by the views, at most `limit`; refused at once when
+    /// the hub's capacity is taken.
     pub async fn wait_for(&self, pool: &PgPool, marks: &[VersionMark], limit: Duration) -> Result<(), WaitError> {
         let deadline = tokio::time::Instant::now() + limit;
+        let Ok(_slot) = self.slots.try_acquire() else {
+            metrics::counter!("read_consistency_refused_total").increment(1);
+            return Err(WaitError::TooManyWaiters);
+        };
         let reg = self.register(marks);
         let mut remaining: Vec<VersionMark> = marks.to_vec();
         let mut waited = false;
@@ -279,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn announcements_wake_only_satisfied_waiters() {
-        let hub = Hub::default();
+        let hub = Hub::new(8);
         let id = Uuid::now_v7();
         let reg = hub.register(&[VersionMark {
             aggregate: AggregateType::Order,
@@ -301,5 +324,20 @@ mod tests {
         assert_eq!(hub.waiting(), 1);
         drop(reg);
         assert_eq!(hub.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_hub_refuses_at_once() {
+        let hub = Hub::new(0);
+        let pool = ordering_platform::db::pool("postgres://nobody@127.0.0.1:1/none", 1, None);
+        let mark = VersionMark {
+            aggregate: AggregateType::Product,
+            id: Uuid::now_v7(),
+            version: 1,
+        };
+        assert!(matches!(
+            hub.wait_for(&pool, &[mark], Duration::from_secs(5)).await,
+            Err(WaitError::TooManyWaiters)
+        ));
     }
 }

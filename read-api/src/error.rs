@@ -22,6 +22,9 @@ pub enum ReadError {
     /// 503 `not_yet_consistent`: the views did not reflect the command in time.
     #[error("the views do not reflect the command yet")]
     NotYetConsistent,
+    /// 503 `too_many_waiters`: `CONSISTENCY_MAX_WAITERS` requests are waiting already.
+    #[error("too many requests are waiting for the views")]
+    TooManyWaiters,
     /// 503: PostgreSQL could not answer.
     #[error("view store unavailable: {0}")]
     Store(String),
@@ -40,6 +43,7 @@ impl From<WaitError> for ReadError {
     fn from(e: WaitError) -> Self {
         match e {
             WaitError::Timeout => Self::NotYetConsistent,
+            WaitError::TooManyWaiters => Self::TooManyWaiters,
             WaitError::Database(m) => Self::Store(m),
         }
     }
@@ -65,6 +69,12 @@ impl From<ReadError> for Problem {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_yet_consistent",
                 "the views do not reflect the command yet; retry shortly",
+            )
+            .with_retry_after(1),
+            ReadError::TooManyWaiters => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_waiters",
+                "too many requests are waiting for the views to reflect their commands; retry shortly",
             )
             .with_retry_after(1),
             ReadError::Store(detail) => {

@@ -30,11 +30,14 @@
 //!   Redis use briefly, so requests go to PostgreSQL without a 5xx; the connection manager
 //!   reconnects by itself and the cache is used again without a restart. Readiness stays 200
 //!   and names the degradation.
-//! - **Read your writes** ([`consistency`]). A request with `X-Consistency-Token` registers for
-//!   the announcements of the aggregates it names, then checks the views, then sleeps until
-//!   an announcement (PostgreSQL NOTIFY from the projector's own transaction, LISTENed by every
-//!   instance) makes a re-check worthwhile, up to `CONSISTENCY_WAIT_MS`, then 503
-//!   `not_yet_consistent`. No polling: a waiting request is an idle future.
+//! - **Read your writes** ([`consistency`]). Every endpoint honours `X-Consistency-Token`,
+//!   signed by the write-api: a forged or altered one is 400, and a caller waits only for the
+//!   marks it may read ([`http`]). The request registers for the announcements of the
+//!   aggregates it names, then checks the views, then sleeps until an announcement (PostgreSQL
+//!   NOTIFY from the projector's own transaction, LISTENed by every instance) makes a re-check
+//!   worthwhile, up to `CONSISTENCY_WAIT_MS`, then 503 `not_yet_consistent`. No polling: a
+//!   waiting request is an idle future holding no connection, and at most
+//!   `CONSISTENCY_MAX_WAITERS` wait at once (more: 503 `too_many_waiters` at once).
 //! - **Lists use keyset cursors** ([`cursor`]), signed so they can not be forged or replayed
 //!   against another query; page 1,000 costs what page 1 costs.
 //! - **Rebuild** ([`rebuild`]) replays the stream into fresh tables with the projector's own

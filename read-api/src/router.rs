@@ -54,7 +54,7 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
             ("500", "internal error: answered with an error id only"),
             (
                 "503",
-                "the views are unavailable, the request timed out, or they do not reflect the X-Consistency-Token yet; retry",
+                "the views are unavailable, the request timed out, they do not reflect the X-Consistency-Token yet, or too many requests wait for theirs; retry",
             ),
         ],
         &[("404", "no such view, or another customer's")],

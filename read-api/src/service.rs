@@ -50,7 +50,7 @@ impl Service {
             settings.local_cache_ttl,
             settings.redis_timeout,
         )?;
-        let hub = Hub::default();
+        let hub = Hub::new(settings.max_waiters);
         let stop = CancellationToken::new();
         let mut tasks = vec![
             tokio::spawn(consistency::listen(
@@ -93,6 +93,7 @@ impl Service {
             hub,
             auth: settings.auth.clone(),
             cursors: Cursors::new(&settings.cursor_secret),
+            consistency: settings.consistency_key.clone(),
             consistency_wait: settings.consistency_wait,
             broker_connected: projector.as_ref().map(Projector::connected_flag),
             gap_report: projector

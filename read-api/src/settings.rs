@@ -5,6 +5,7 @@ use std::time::Duration;
 use ordering_platform::auth::Authenticator;
 use ordering_platform::http::layers::HttpLimits;
 use ordering_platform::settings::{self, SettingError};
+use ordering_schema::consistency::ConsistencyKey;
 
 /// `PROJECTOR_PREFETCH` when unset (a worker applies what it has in hand as one batch: a
 /// wider window means bigger batches; 1024 drained a backlog ~15% faster than 512).
@@ -12,6 +13,9 @@ pub const DEFAULT_PREFETCH: u16 = 1024;
 /// `GAP_TIMEOUT` when unset: far longer than two instances take to apply one another's
 /// predecessors, short enough that a stranded event is noticed.
 pub const DEFAULT_GAP_TIMEOUT: Duration = Duration::from_secs(60);
+/// `CONSISTENCY_MAX_WAITERS` when unset: half the default request limit, so requests waiting
+/// for the views leave the other half to everything else.
+pub const DEFAULT_MAX_WAITERS: usize = 512;
 /// `PROJECTOR_WORKERS` when unset.
 pub const DEFAULT_WORKERS: usize = 8;
 
@@ -45,6 +49,12 @@ pub struct Settings {
     pub cursor_secret: Vec<u8>,
     /// `CONSISTENCY_WAIT_MS`: how long a request with `X-Consistency-Token` may wait.
     pub consistency_wait: Duration,
+    /// `CONSISTENCY_SECRET` (default: `JWT_SECRET`): verifies consistency tokens; the same as
+    /// the write-api's.
+    pub consistency_key: ConsistencyKey,
+    /// `CONSISTENCY_MAX_WAITERS`: requests that may wait for the views at once (more are
+    /// answered 503 `too_many_waiters` at once); less than the request limit.
+    pub max_waiters: usize,
     /// `EVENTS_EXCHANGE`: the topic exchange the relay publishes to.
     pub exchange: String,
     /// `PROJECTOR_QUEUE`: the projector's own durable quorum queue.
@@ -114,6 +124,19 @@ impl Settings {
         if prefetch == 0 {
             return Err(SettingError::new("PROJECTOR_PREFETCH", "must be at least 1"));
         }
+        let limits = HttpLimits::default();
+        let max_waiters: usize = settings::parsed("CONSISTENCY_MAX_WAITERS", DEFAULT_MAX_WAITERS)?;
+        if max_waiters == 0 || max_waiters >= limits.max_concurrent_requests {
+            return Err(SettingError::new(
+                "CONSISTENCY_MAX_WAITERS",
+                format!("must be 1 to {}", limits.max_concurrent_requests - 1),
+            ));
+        }
+        let consistency_key = ConsistencyKey::from_settings(
+            settings::raw("CONSISTENCY_SECRET").as_deref(),
+            settings::raw("JWT_SECRET").as_deref(),
+        )
+        .map_err(|e| SettingError::new("CONSISTENCY_SECRET", e))?;
         let projector = match settings::string("PROJECTOR", "on").as_str() {
             "on" => true,
             "off" => false,
@@ -136,6 +159,8 @@ impl Settings {
             auth,
             cursor_secret,
             consistency_wait: Duration::from_millis(settings::parsed("CONSISTENCY_WAIT_MS", 3000)?),
+            consistency_key,
+            max_waiters,
             exchange,
             queue,
             stream,
@@ -143,7 +168,7 @@ impl Settings {
             workers,
             gap_timeout: settings::duration("GAP_TIMEOUT", DEFAULT_GAP_TIMEOUT)?,
             projector,
-            limits: HttpLimits::default(),
+            limits,
         })
     }
 }

@@ -31,6 +31,8 @@ pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub struct ReadOptions {
     pub redis_url: String,
     pub consistency_wait: Duration,
+    /// `CONSISTENCY_MAX_WAITERS`.
+    pub max_waiters: usize,
     /// Declare `<exchange>.log` bound with `#` (as the relay does), for rebuild tests.
     pub stream: bool,
     pub workers: usize,
@@ -43,6 +45,7 @@ impl Default for ReadOptions {
         Self {
             redis_url: REDIS_URL.to_owned(),
             consistency_wait: Duration::from_millis(3000),
+            max_waiters: read_api::settings::DEFAULT_MAX_WAITERS,
             stream: false,
             workers: 4,
             gap_timeout: read_api::settings::DEFAULT_GAP_TIMEOUT,
@@ -85,6 +88,8 @@ impl ReadApp {
             auth: Authenticator::hs256(SECRET.as_bytes()),
             cursor_secret: SECRET.as_bytes().to_vec(),
             consistency_wait: opts.consistency_wait,
+            consistency_key: crate::write_app::consistency_key(),
+            max_waiters: opts.max_waiters,
             exchange: name.clone(),
             queue: format!("{name}.projector"),
             stream: format!("{name}.log"),

@@ -36,7 +36,13 @@ impl WriteApp {
     /// with `limits`.
     pub async fn start_with(pool_size: usize, limits: HttpLimits) -> Self {
         let db = TestDatabase::new().await;
-        let state = AppState::new(db.url(), pool_size, Authenticator::hs256(SECRET.as_bytes()), &limits);
+        let state = AppState::new(
+            db.url(),
+            pool_size,
+            Authenticator::hs256(SECRET.as_bytes()),
+            consistency_key(),
+            &limits,
+        );
         let app = write_api::router(state, limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -108,6 +114,18 @@ pub fn token_with(sub: &str, role: &str, exp_in_secs: i64, secret: &str) -> Stri
     .expect("encode token")
 }
 
+/// The key test apps sign and verify consistency tokens with (derived from [`SECRET`], as
+/// the services derive theirs from `JWT_SECRET`).
+pub fn consistency_key() -> ordering_schema::consistency::ConsistencyKey {
+    ordering_schema::consistency::ConsistencyKey::new(SECRET.as_bytes())
+}
+
+/// The consistency token the write-api would give `subject` for a command that changed
+/// `marks`.
+pub fn issue_consistency_token(subject: Uuid, marks: Vec<ordering_schema::consistency::VersionMark>) -> String {
+    consistency_key().sign(&ordering_schema::consistency::ConsistencyToken { subject, marks })
+}
+
 /// A valid admin token.
 pub fn admin_token() -> String {
     token_with(&Uuid::now_v7().to_string(), "admin", 3600, SECRET)
@@ -161,14 +179,19 @@ impl Answer {
         self.body["code"].as_str().unwrap_or("")
     }
 
-    /// The decoded `X-Consistency-Token`; panics if it is missing or does not decode.
-    pub fn consistency_marks(&self) -> Vec<ordering_schema::consistency::VersionMark> {
+    /// The verified `X-Consistency-Token`; panics if it is missing or does not verify.
+    pub fn consistency_token(&self) -> ordering_schema::consistency::ConsistencyToken {
         let raw = self
             .header("x-consistency-token")
             .unwrap_or_else(|| panic!("no X-Consistency-Token in {self:?}"));
-        ordering_schema::consistency::ConsistencyToken::decode(raw)
-            .unwrap_or_else(|e| panic!("undecodable X-Consistency-Token {raw:?}: {e}"))
-            .marks
+        consistency_key()
+            .verify(raw)
+            .unwrap_or_else(|e| panic!("unverifiable X-Consistency-Token {raw:?}: {e}"))
+    }
+
+    /// The marks of the verified `X-Consistency-Token`.
+    pub fn consistency_marks(&self) -> Vec<ordering_schema::consistency::VersionMark> {
+        self.consistency_token().marks
     }
 
     /// Panics (showing the answer) unless this is a problem+json answer of `status` and `code`.

@@ -6,12 +6,15 @@ use axum::extract::FromRef;
 use ordering_platform::auth::Authenticator;
 use ordering_platform::db::{self, PgPool};
 use ordering_platform::http::layers::HttpLimits;
+use ordering_schema::consistency::ConsistencyKey;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub auth: Authenticator,
+    /// Signs the consistency tokens of answers (`CONSISTENCY_SECRET`).
+    pub consistency: ConsistencyKey,
     /// How long a command's transaction may take before it is rolled back: a little under the
     /// request timeout, so a client answered "503 timeout" can rely on nothing having been
     /// written (see [`crate::commands::execute`]).
@@ -21,11 +24,18 @@ pub struct AppState {
 impl AppState {
     /// The state for a write-api serving with `limits`, with a pool of `pool_size` connections
     /// whose statements are cancelled by PostgreSQL after the command budget.
-    pub fn new(database_url: &str, pool_size: usize, auth: Authenticator, limits: &HttpLimits) -> Self {
+    pub fn new(
+        database_url: &str,
+        pool_size: usize,
+        auth: Authenticator,
+        consistency: ConsistencyKey,
+        limits: &HttpLimits,
+    ) -> Self {
         let command_budget = command_budget(limits.request_timeout);
         Self {
             pool: db::pool(database_url, pool_size, Some(command_budget)),
             auth,
+            consistency,
             command_budget,
         }
     }
@@ -39,6 +49,12 @@ fn command_budget(request_timeout: Duration) -> Duration {
 impl FromRef<AppState> for Authenticator {
     fn from_ref(state: &AppState) -> Self {
         state.auth.clone()
+    }
+}
+
+impl FromRef<AppState> for ConsistencyKey {
+    fn from_ref(state: &AppState) -> Self {
+        state.consistency.clone()
     }
 }
 

@@ -44,6 +44,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         &settings.database_url,
         settings.pool_size,
         settings.auth.clone(),
+        settings.consistency_key.clone(),
         &settings.limits,
     );
     tokio::spawn(write_api::expire_idempotency_keys(

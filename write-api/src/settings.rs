@@ -6,6 +6,7 @@ use std::time::Duration;
 use ordering_platform::auth::Authenticator;
 use ordering_platform::http::layers::HttpLimits;
 use ordering_platform::settings::{self, SettingError};
+use ordering_schema::consistency::ConsistencyKey;
 
 /// Everything the write-api reads at start.
 #[derive(Debug, Clone)]
@@ -16,6 +17,9 @@ pub struct Settings {
     pub addr: SocketAddr,
     /// `JWT_SECRET` / `AUTH`.
     pub auth: Authenticator,
+    /// `CONSISTENCY_SECRET` (default: `JWT_SECRET`): signs consistency tokens; the read-api must
+    /// have the same.
+    pub consistency_key: ConsistencyKey,
     /// `DB_POOL_SIZE`, default 16: the most database connections this instance opens.
     pub pool_size: usize,
     /// `REQUEST_TIMEOUT` (default 10s) and `MAX_CONCURRENT_REQUESTS` (default 512).
@@ -49,6 +53,7 @@ impl Settings {
             database_url: settings::url("DATABASE_URL", DEFAULT_DATABASE_URL, &["postgres://", "postgresql://"])?,
             addr: settings::socket_addr("WRITE_API_ADDR", "127.0.0.1:8080")?,
             auth: Authenticator::from_env()?,
+            consistency_key: consistency_key()?,
             pool_size,
             limits: HttpLimits {
                 request_timeout: settings::duration("REQUEST_TIMEOUT", Duration::from_secs(10))?,
@@ -57,4 +62,13 @@ impl Settings {
             idempotency_ttl,
         })
     }
+}
+
+/// `CONSISTENCY_SECRET`, else `JWT_SECRET`, else (with `AUTH=off`) the public demo key.
+fn consistency_key() -> Result<ConsistencyKey, SettingError> {
+    ConsistencyKey::from_settings(
+        settings::raw("CONSISTENCY_SECRET").as_deref(),
+        settings::raw("JWT_SECRET").as_deref(),
+    )
+    .map_err(|e| SettingError::new("CONSISTENCY_SECRET", e))
 }

@@ -1,7 +1,8 @@
 //! The middleware every service puts around its router, outermost first:
 //! request id (set or kept, echoed back) → tracing span with request id and W3C trace id →
 //! metrics by route and status, and bare errors as problems → panic → problem 500 → request
-//! timeout → concurrency limit.
+//! timeout → concurrency limit (which `/health/*` bypasses: a probe answers however many
+//! requests are in flight or waiting).
 //!
 //! Every request goes through all of it, so it is kept cheap: ids come from a thread-local
 //! CSPRNG (not a system call per id), the span's fields are only computed when the span is
@@ -12,6 +13,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tower::limit::GlobalConcurrencyLimitLayer;
+use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -66,8 +68,26 @@ pub fn wrap(router: Router, limits: HttpLimits) -> Router {
                 StatusCode::SERVICE_UNAVAILABLE,
                 limits.request_timeout,
             ))
-            .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests)),
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+                limit_concurrency,
+            )),
     )
+}
+
+/// At most `slots` requests served at once, more wait in line; `/health/*` is served at once,
+/// so a liveness probe never fails because the service is busy.
+async fn limit_concurrency(
+    axum::extract::State(slots): axum::extract::State<Arc<Semaphore>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path().starts_with("/health/") {
+        return next.run(req).await;
+    }
+    // The semaphore is never closed, so acquiring only fails in theory.
+    let _permit = slots.acquire().await;
+    next.run(req).await
 }
 
 /// A random (version 4) UUID from the thread's CSPRNG.

@@ -64,7 +64,7 @@ pub async fn list_orders(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let marks = consistency_marks(&headers)?;
+    let marks = consistency_marks(&app, &headers, Some(&caller))?;
     let customer = customer_of(&caller, &customer)?;
     let q = query_params(raw.as_deref(), &["status", "limit", "cursor"])?;
     let mut errors = Vec::new();
@@ -153,7 +153,7 @@ pub async fn summary(
     Path(customer): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let marks = consistency_marks(&headers)?;
+    let marks = consistency_marks(&app, &headers, Some(&caller))?;
     let customer = customer_of(&caller, &customer)?;
     await_consistency(&app, marks.as_deref()).await?;
     if marks.is_none()

@@ -1,5 +1,12 @@
 //! The query endpoints, one module per resource, and what they share: query parsing,
 //! consistency tokens, conditional answers.
+//!
+//! Every endpoint honours `X-Consistency-Token`: one not signed with `CONSISTENCY_SECRET`
+//! (forged or altered) is 400 `invalid_header` before anything else. Of a valid token, a reader
+//! uses only the marks it may read: product marks (the catalog is public) always; order marks
+//! only when the caller is the one the token was issued to, or an admin. The others are
+//! dropped, so a token naming an order the caller may not read is answered exactly as if it
+//! had not been sent, without waiting, and reveals nothing about that order.
 
 pub mod customers;
 pub mod orders;
@@ -12,7 +19,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use ordering_schema::consistency::{ConsistencyToken, TokenError, VersionMark};
+use ordering_platform::auth::Caller;
+use ordering_schema::consistency::{TokenError, VersionMark};
 use ordering_schema::events::AggregateType;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -29,17 +37,31 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// The marks of the request's consistency token, if it sent one (400 if malformed).
-pub fn consistency_marks(headers: &HeaderMap) -> Result<Option<Vec<VersionMark>>, ReadError> {
+/// The marks of the request's consistency token that `caller` (`None`: an unauthenticated
+/// catalog read) may wait for; `None` if it sent no token or none of them (400 if the token is
+/// malformed, forged or altered).
+pub fn consistency_marks(
+    app: &AppState,
+    headers: &HeaderMap,
+    caller: Option<&Caller>,
+) -> Result<Option<Vec<VersionMark>>, ReadError> {
     let Some(raw) = headers.get(&CONSISTENCY_TOKEN) else {
         return Ok(None);
     };
     let raw = raw
         .to_str()
         .map_err(|_| ReadError::InvalidHeader("X-Consistency-Token is not ASCII".into()))?;
-    ConsistencyToken::decode(raw.trim())
-        .map(|t| Some(t.marks))
-        .map_err(|e: TokenError| ReadError::InvalidHeader(format!("X-Consistency-Token: {e}")))
+    let token = app
+        .consistency
+        .verify(raw.trim())
+        .map_err(|e: TokenError| ReadError::InvalidHeader(format!("X-Consistency-Token: {e}")))?;
+    let reads_orders = caller.is_some_and(|c| c.is_admin() || c.subject == token.subject);
+    let marks: Vec<VersionMark> = token
+        .marks
+        .into_iter()
+        .filter(|m| m.aggregate == AggregateType::Product || reads_orders)
+        .collect();
+    Ok((!marks.is_empty()).then_some(marks))
 }
 
 /// Waits until the views reflect every mark of the request's token (if any).
@@ -51,12 +73,13 @@ pub async fn await_consistency(app: &AppState, marks: Option<&[VersionMark]>) ->
     }
 }
 
-/// The single view `kind` named by the path id `raw_id`, as the request may see it: after
-/// waiting for its consistency token, and never older than the version the token names for
-/// this aggregate (a cached entry from before the caller's own write is not served).
+/// The single view `kind` named by the path id `raw_id`, as the request of `caller` may see
+/// it: after waiting for its consistency token, and never older than the version the token
+/// names for this aggregate (a cached entry from before the caller's own write is not served).
 pub async fn consistent_view(
     app: &AppState,
     headers: &HeaderMap,
+    caller: Option<&Caller>,
     kind: Kind,
     raw_id: &str,
 ) -> Result<(Entry, Source), ReadError> {
@@ -64,7 +87,7 @@ pub async fn consistent_view(
         Kind::Product => ("product", AggregateType::Product),
         Kind::Order => ("order", AggregateType::Order),
     };
-    let marks = consistency_marks(headers)?;
+    let marks = consistency_marks(app, headers, caller)?;
     let id = path_id(raw_id, what)?;
     await_consistency(app, marks.as_deref()).await?;
     let min_version = marks

@@ -34,7 +34,7 @@ pub async fn get_order(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let (entry, source) = consistent_view(&app, &headers, Kind::Order, &id).await?;
+    let (entry, source) = consistent_view(&app, &headers, Some(&caller), Kind::Order, &id).await?;
     // Another customer's order does not exist, as far as this caller can tell.
     if !caller.is_admin() && entry.owner != Some(caller.subject) {
         return Err(ReadError::NotFound("order"));

@@ -8,7 +8,9 @@ use ordering_schema::events::ProductData;
 use uuid::Uuid;
 
 use super::schemas::ProductPage;
-use super::{answer, consistent_view, etag_of_body, limit_param, page_body, query_params};
+use super::{
+    answer, await_consistency, consistency_marks, consistent_view, etag_of_body, limit_param, page_body, query_params,
+};
 use crate::app::AppState;
 use crate::cache::{Kind, Source};
 use crate::error::{ReadError, field};
@@ -34,7 +36,7 @@ pub async fn get_product(
 ) -> Result<Response, ReadError> {
     // The headers are read in place (a `HeaderMap` argument would be a copy).
     let headers = request.headers();
-    let (entry, source) = consistent_view(&app, headers, Kind::Product, &id).await?;
+    let (entry, source) = consistent_view(&app, headers, None, Kind::Product, &id).await?;
     Ok(answer(headers, entry.body, entry.etag, source))
 }
 
@@ -55,13 +57,18 @@ pub struct ProductListParams {
     cursor: Option<String>,
 }
 
-/// Lists products, filtered and sorted, a page at a time (keyset cursors).
+/// Lists products, filtered and sorted, a page at a time (keyset cursors). With a consistency
+/// token, the page is read once the views reflect the products it names.
 #[utoipa::path(
     get, path = "/v1/products", tag = "catalog",
-    params(ProductListParams, ("If-None-Match" = Option<String>, Header)),
+    params(
+        ProductListParams,
+        ("X-Consistency-Token" = Option<String>, Header, description = "wait until the views reflect this command"),
+        ("If-None-Match" = Option<String>, Header),
+    ),
     responses(
         (status = 200, body = ProductPage, headers(("ETag" = String), ("X-Cache" = String))),
-        (status = 304), (status = 422, body = Problem),
+        (status = 304), (status = 400, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
     )
 )]
 pub async fn list_products(
@@ -69,6 +76,7 @@ pub async fn list_products(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
+    let marks = consistency_marks(&app, &headers, None)?;
     let q = query_params(
         raw.as_deref(),
         &[
@@ -145,6 +153,7 @@ pub async fn list_products(
     if !errors.is_empty() {
         return Err(ReadError::Validation(errors));
     }
+    await_consistency(&app, marks.as_deref()).await?;
     let mut conn = app.pool.get().await.map_err(|e| ReadError::Store(e.to_string()))?;
     let mut rows = views::products(&mut conn, &filter, sort, after, limit + 1)
         .await

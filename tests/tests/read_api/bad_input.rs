@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ordering_schema::consistency::{ConsistencyToken, VersionMark};
+use ordering_schema::consistency::{ConsistencyKey, ConsistencyToken, VersionMark};
 use ordering_schema::events::{AggregateType, OrderStatus, ProductData};
 use ordering_tests::read_app::{ReadApp, next_order, order, order_event, product, product_event};
-use ordering_tests::write_app::{Answer, SECRET, admin_token, answer, customer_token, token_with};
+use ordering_tests::write_app::{
+    Answer, SECRET, admin_token, answer, customer_token, issue_consistency_token, token_with,
+};
 use reqwest::Method;
 use reqwest::header::HeaderValue;
 use serde_json::json;
@@ -74,7 +76,7 @@ impl Case {
 }
 
 fn consistency(marks: Vec<VersionMark>) -> String {
-    ConsistencyToken { marks }.encode()
+    issue_consistency_token(Uuid::now_v7(), marks)
 }
 
 fn bad_consistency_tokens() -> Vec<(&'static str, HeaderValue)> {
@@ -86,23 +88,34 @@ fn bad_consistency_tokens() -> Vec<(&'static str, HeaderValue)> {
     vec![
         ("garbage", hv("garbage")),
         ("empty", hv("")),
-        ("prefix only", hv("c1.")),
-        ("bad base64", hv("c1.!!!!")),
-        ("wrong prefix", hv("c2.cAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")),
+        ("prefix only", hv("c2.")),
+        ("bad base64", hv("c2.!!!!")),
+        (
+            "old unsigned format",
+            hv("c1.cAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        ),
+        ("signed with another key", {
+            let t = ConsistencyToken {
+                subject: Uuid::now_v7(),
+                marks: vec![mark(1)],
+            };
+            hv(&ConsistencyKey::new(b"another-secret-0123456789").sign(&t))
+        }),
         ("truncated mark", hv(&consistency(vec![mark(1)])[..20])),
         ("version 0", hv(&consistency(vec![mark(0)]))),
         ("negative version", hv(&consistency(vec![mark(-5)]))),
         ("102 marks", hv(&consistency((0..102).map(|_| mark(1)).collect()))),
-        ("huge", hv(&format!("c1.{}", "A".repeat(8000)))),
-        ("unknown aggregate byte", {
-            let mut bytes = vec![b'x'];
+        ("huge", hv(&format!("c2.{}", "A".repeat(8000)))),
+        ("unsigned mark", {
+            let mut bytes = vec![0; 32];
+            bytes.push(b'p');
             bytes.extend_from_slice(Uuid::now_v7().as_bytes());
             bytes.extend_from_slice(&1i64.to_be_bytes());
-            hv(&format!("c1.{}", URL_SAFE_NO_PAD.encode(bytes)))
+            hv(&format!("c2.{}", URL_SAFE_NO_PAD.encode(bytes)))
         }),
         (
             "non-ASCII bytes",
-            HeaderValue::from_bytes("c1.é".as_bytes()).expect("bytes"),
+            HeaderValue::from_bytes("c2.é".as_bytes()).expect("bytes"),
         ),
     ]
 }
@@ -430,7 +443,13 @@ fn cases(f: &Fixture) -> Vec<Case> {
     );
 
     // --- X-Consistency-Token: 400 invalid_header on every endpoint that reads it.
-    for path in [product.clone(), order.clone(), list.clone(), summary.clone()] {
+    for path in [
+        "/v1/products?search=x".to_owned(),
+        product.clone(),
+        order.clone(),
+        list.clone(),
+        summary.clone(),
+    ] {
         for (what, value) in bad_consistency_tokens() {
             cases.push(
                 get(format!("{path} consistency token {what}"), path.clone(), P400H)

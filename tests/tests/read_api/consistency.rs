@@ -4,24 +4,26 @@
 
 use std::time::{Duration, Instant};
 
-use ordering_schema::consistency::{ConsistencyToken, VersionMark};
+use ordering_schema::consistency::VersionMark;
 use ordering_schema::events::{AggregateType, OrderStatus};
 use ordering_tests::read_app::{ReadApp, ReadOptions, next_order, order, order_event, product, product_event};
-use ordering_tests::write_app::{answer, customer_token};
+use ordering_tests::write_app::{answer, customer_token, issue_consistency_token};
 use uuid::Uuid;
 
-fn token(marks: &[(AggregateType, Uuid, i64)]) -> String {
-    ConsistencyToken {
-        marks: marks
+/// A token issued to `subject` naming `marks`.
+fn token_of(subject: Uuid, marks: &[(AggregateType, Uuid, i64)]) -> String {
+    issue_consistency_token(
+        subject,
+        marks
             .iter()
-            .map(|(aggregate, id, version)| VersionMark {
-                aggregate: *aggregate,
-                id: *id,
-                version: *version,
-            })
+            .map(|&(aggregate, id, version)| VersionMark { aggregate, id, version })
             .collect(),
-    }
-    .encode()
+    )
+}
+
+/// A token naming products only (anyone may wait for those).
+fn token(marks: &[(AggregateType, Uuid, i64)]) -> String {
+    token_of(Uuid::now_v7(), marks)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -30,7 +32,10 @@ async fn a_token_waits_for_every_view_it_names_then_answers() {
     let customer = Uuid::now_v7();
     let p = product("W-1", "Wait", "w", 500, 5);
     let o = order(customer, &[(&p, 1)], ordering_schema::events::now());
-    let t = token(&[(AggregateType::Order, o.id, 1), (AggregateType::Product, p.id, 1)]);
+    let t = token_of(
+        customer,
+        &[(AggregateType::Order, o.id, 1), (AggregateType::Product, p.id, 1)],
+    );
     let bearer = customer_token(customer);
     // Ask before the events exist; publish them a little later.
     let reads = {
@@ -82,7 +87,7 @@ async fn a_token_waits_for_every_view_it_names_then_answers() {
     )
     .await;
     app.publish(&order_event(&paid)).await;
-    let t2 = token(&[(AggregateType::Order, o.id, 2)]);
+    let t2 = token_of(customer, &[(AggregateType::Order, o.id, 2)]);
     let s = answer(
         app.get(&format!("/v1/customers/{customer}/summary"))
             .bearer_auth(&bearer)
@@ -126,7 +131,7 @@ async fn a_token_the_views_do_not_reach_in_time_is_503_and_a_malformed_one_400()
     .assert_problem(400, "invalid_header");
     answer(
         app.get("/v1/products/not-a-uuid")
-            .header("X-Consistency-Token", "c1.!!"),
+            .header("X-Consistency-Token", "c2.!!"),
     )
     .await
     .assert_problem(400, "invalid_header");
@@ -137,6 +142,7 @@ async fn a_token_the_views_do_not_reach_in_time_is_503_and_a_malformed_one_400()
 async fn a_thousand_waiting_requests_cost_nothing_and_all_wake() {
     let app = ReadApp::start_with(ReadOptions {
         consistency_wait: Duration::from_secs(20),
+        max_waiters: 1000,
         ..Default::default()
     })
     .await;

@@ -11,10 +11,12 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use ordering_schema::consistency::{ConsistencyToken, VersionMark};
+use ordering_schema::consistency::VersionMark;
 use ordering_schema::events::AggregateType;
 use ordering_tests::read_app::{ReadApp, order, order_event, product, product_event};
-use ordering_tests::write_app::{Answer, SECRET, WriteApp, admin_token, answer, customer_token, token_with};
+use ordering_tests::write_app::{
+    Answer, SECRET, WriteApp, admin_token, answer, customer_token, issue_consistency_token, token_with,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -197,14 +199,15 @@ async fn every_customer_scoped_read_hides_other_customers_data() {
     app.wait_version("rv_orders", o.id, 1).await;
     let alice_token = customer_token(alice);
     let bob_token = customer_token(bob);
-    let mark = ConsistencyToken {
-        marks: vec![VersionMark {
+    // Alice's own token for her order, in Bob's hands.
+    let mark = issue_consistency_token(
+        alice,
+        vec![VersionMark {
             aggregate: AggregateType::Order,
             id: o.id,
             version: 1,
         }],
-    }
-    .encode();
+    );
     let paths = [
         format!("/v1/orders/{}", o.id),
         format!("/v1/customers/{alice}/orders"),

@@ -6,7 +6,7 @@
 //! - the request timeout: a request stuck on a database lock is answered 503 problem+json at
 //!   the limit and leaves nothing half-written;
 //! - bounded concurrency: beyond `max_concurrent_requests` requests wait and time out rather
-//!   than pile up;
+//!   than pile up (except `/health/*`, which answers at once however busy the service is);
 //! - bounded database connections: many concurrent commands use at most the pool's size;
 //! - body limit: an oversize body is 413 `payload_too_large`;
 //! - bounded consistency waits: a token naming a far-future version or 101 unknown
@@ -24,7 +24,7 @@ use ordering_schema::consistency::{ConsistencyToken, MAX_MARKS, VersionMark};
 use ordering_schema::events::AggregateType;
 use ordering_tests::read_app::{ReadApp, ReadOptions, product, product_event};
 use ordering_tests::test_db::TestDatabase;
-use ordering_tests::write_app::{SECRET, WriteApp, admin_token, answer};
+use ordering_tests::write_app::{SECRET, WriteApp, admin_token, answer, consistency_key};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,7 +42,13 @@ struct Served {
 impl Served {
     async fn start(limits: HttpLimits, pool_size: usize) -> Self {
         let db = TestDatabase::new().await;
-        let state = write_api::AppState::new(db.url(), pool_size, Authenticator::hs256(SECRET.as_bytes()), &limits);
+        let state = write_api::AppState::new(
+            db.url(),
+            pool_size,
+            Authenticator::hs256(SECRET.as_bytes()),
+            ordering_tests::write_app::consistency_key(),
+            &limits,
+        );
         let app = write_api::router(state, limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -231,13 +237,30 @@ async fn request_timeout_and_concurrency_limit_bound_stuck_requests() {
     // Two requests stuck on the lock fill the concurrency limit; a third, that needs no lock,
     // cannot run beside them: it waits for a slot (and is served only once the stuck ones
     // have timed out), so nothing piles up beyond the limit. The stuck commands give up at
-    // their budget (640 ms of the 800 ms timeout), rolled back.
+    // their budget (640 ms of the 800 ms timeout), rolled back. Health probes are outside the
+    // limit: they answer at once.
     let t = Instant::now();
-    let (a, b, c) = tokio::join!(patch("one"), patch("two"), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let res = client.get(app.url("/health/live")).send().await;
-        (res, t.elapsed())
-    });
+    let (a, b, c, live) = tokio::join!(
+        patch("one"),
+        patch("two"),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let res = client.get(app.url("/openapi.json")).send().await;
+            (res, t.elapsed())
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let asked = Instant::now();
+            let res = client.get(app.url("/health/live")).send().await;
+            (res, asked.elapsed())
+        }
+    );
+    let (live, live_took) = live;
+    assert_eq!(live.expect("live").status(), 200);
+    assert!(
+        live_took < Duration::from_millis(200),
+        "/health/live waited {live_took:?} behind the stuck requests"
+    );
     let elapsed = t.elapsed();
     for res in [a, b] {
         let a = ordering_tests::write_app::Answer::read(res.expect("answer")).await;
@@ -379,6 +402,7 @@ async fn consistency_waits_are_bounded_and_oversize_tokens_refused() {
     app.wait_version("rv_products", p.id, 1).await;
     let path = format!("/v1/products/{}", p.id);
     let far = ConsistencyToken {
+        subject: Uuid::now_v7(),
         marks: vec![VersionMark {
             aggregate: AggregateType::Product,
             id: p.id,
@@ -386,11 +410,16 @@ async fn consistency_waits_are_bounded_and_oversize_tokens_refused() {
         }],
     };
     let unknown_max = ConsistencyToken {
-        marks: (0..MAX_MARKS).map(|_| mark(AggregateType::Order, 1)).collect(),
+        subject: Uuid::now_v7(),
+        marks: (0..MAX_MARKS).map(|_| mark(AggregateType::Product, 1)).collect(),
     };
     for (what, token) in [("far-future version", far), ("101 unknown aggregates", unknown_max)] {
         let t = Instant::now();
-        let a = answer(app.get(&path).header("x-consistency-token", token.encode())).await;
+        let a = answer(
+            app.get(&path)
+                .header("x-consistency-token", consistency_key().sign(&token)),
+        )
+        .await;
         let took = t.elapsed();
         a.assert_problem(503, "not_yet_consistent");
         assert!(a.header("retry-after").is_some(), "{what}: no Retry-After");
@@ -401,10 +430,10 @@ async fn consistency_waits_are_bounded_and_oversize_tokens_refused() {
     }
     // 200 such requests at once all end at the limit too.
     let t = Instant::now();
-    let token = ConsistencyToken {
+    let token = consistency_key().sign(&ConsistencyToken {
+        subject: Uuid::now_v7(),
         marks: vec![mark(AggregateType::Product, 9)],
-    }
-    .encode();
+    });
     let many = futures::future::join_all(
         (0..200).map(|_| answer(app.get(&path).header("x-consistency-token", token.clone()))),
     )
@@ -418,20 +447,30 @@ async fn consistency_waits_are_bounded_and_oversize_tokens_refused() {
     assert_eq!(app.state().hub.waiting(), 0, "waiters left registered");
     // More than 101 marks: refused without waiting.
     let too_many = ConsistencyToken {
+        subject: Uuid::now_v7(),
         marks: (0..MAX_MARKS + 1).map(|_| mark(AggregateType::Product, 1)).collect(),
     };
     let t = Instant::now();
-    let a = answer(app.get(&path).header("x-consistency-token", too_many.encode())).await;
+    let a = answer(
+        app.get(&path)
+            .header("x-consistency-token", consistency_key().sign(&too_many)),
+    )
+    .await;
     a.assert_problem(400, "invalid_header");
     assert!(t.elapsed() < wait, "an oversize token waited {:?}", t.elapsed());
     // A met token answers at once.
     let met = ConsistencyToken {
+        subject: Uuid::now_v7(),
         marks: vec![VersionMark {
             aggregate: AggregateType::Product,
             id: p.id,
             version: 1,
         }],
     };
-    let a = answer(app.get(&path).header("x-consistency-token", met.encode())).await;
+    let a = answer(
+        app.get(&path)
+            .header("x-consistency-token", consistency_key().sign(&met)),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.text);
 }

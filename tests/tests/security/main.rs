@@ -6,6 +6,7 @@
 
 mod auth;
 mod command_input;
+mod consistency_tokens;
 mod fuzz_parsers;
 mod limits;
 mod secrets;

@@ -44,7 +44,7 @@ impl Command for CancelOrder {
         }
         orders::save(conn, &order).await?;
         outbox::append(conn, &events, meta.traceparent.as_deref()).await?;
-        order_reply(StatusCode::OK, &order, &events)
+        order_reply(StatusCode::OK, &order, &events, meta)
     }
 }
 

@@ -61,6 +61,7 @@ impl Command for CreateProduct {
                 id: p.id,
                 version: p.version,
             }],
+            meta,
         )
     }
 }

@@ -121,7 +121,7 @@ async fn run_claimed<C: Command>(
 }
 
 /// The reply of a command that changed one product.
-pub fn product_reply(product: &Product) -> Result<Reply, ApiError> {
+pub fn product_reply(product: &Product, meta: &CommandMeta) -> Result<Reply, ApiError> {
     let p = product.state();
     Reply::success(
         StatusCode::OK,
@@ -133,6 +133,7 @@ pub fn product_reply(product: &Product) -> Result<Reply, ApiError> {
             id: p.id,
             version: p.version,
         }],
+        meta,
     )
 }
 
@@ -149,7 +150,7 @@ pub async fn change_product(
     let event = change(&mut product)?;
     products::save(conn, &product).await?;
     outbox::append(conn, &[event], meta.traceparent.as_deref()).await?;
-    product_reply(&product)
+    product_reply(&product, meta)
 }
 
 /// Locks order `id` as seen by the caller: a customer sees only its own orders; anyone
@@ -165,7 +166,12 @@ pub async fn lock_visible_order(conn: &mut AsyncPgConnection, meta: &CommandMeta
 
 /// The reply of a command on an order; `events` are all it recorded, so the consistency
 /// token covers every aggregate it changed (the order and any product whose stock moved).
-pub fn order_reply(status: StatusCode, order: &Order, events: &[Recorded]) -> Result<Reply, ApiError> {
+pub fn order_reply(
+    status: StatusCode,
+    order: &Order,
+    events: &[Recorded],
+    meta: &CommandMeta,
+) -> Result<Reply, ApiError> {
     let o = order.state();
     let location = (status == StatusCode::CREATED).then(|| format!("/v1/orders/{}", o.id));
     let marks = events
@@ -176,7 +182,7 @@ pub fn order_reply(status: StatusCode, order: &Order, events: &[Recorded]) -> Re
             version: e.sequence(),
         })
         .collect();
-    Reply::success(status, o, o.version, location, marks)
+    Reply::success(status, o, o.version, location, marks, meta)
 }
 
 /// Locks order `id`, checks visibility and `If-Match`, applies a status `change` that touches
@@ -192,7 +198,7 @@ pub async fn change_order_status(
     orders::save(conn, &order).await?;
     let events = [event];
     outbox::append(conn, &events, meta.traceparent.as_deref()).await?;
-    order_reply(StatusCode::OK, &order, &events)
+    order_reply(StatusCode::OK, &order, &events, meta)
 }
 
 /// 412 unless the aggregate's `version` meets the request's `If-Match`.

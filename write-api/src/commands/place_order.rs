@@ -57,7 +57,7 @@ impl Command for PlaceOrderCommand {
         }
         orders::insert(conn, &order).await?;
         outbox::append(conn, &events, meta.traceparent.as_deref()).await?;
-        order_reply(StatusCode::CREATED, &order, &events)
+        order_reply(StatusCode::CREATED, &order, &events, meta)
     }
 }
 

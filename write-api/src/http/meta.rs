@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use ordering_platform::auth::{Authenticator, Caller};
 use ordering_platform::http::layers::trace_id_of;
 use ordering_platform::problem::Problem;
+use ordering_schema::consistency::{ConsistencyKey, ConsistencyToken, VersionMark};
 
 /// A parsed `If-Match` precondition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,18 @@ pub struct CommandMeta {
     pub traceparent: Option<String>,
     /// `METHOD path`: the scope of an idempotency key, with the caller.
     pub target: String,
+    /// Signs the answer's consistency token.
+    pub consistency: ConsistencyKey,
+}
+
+impl CommandMeta {
+    /// The consistency token covering `marks`, bound to the caller.
+    pub fn consistency_token(&self, marks: Vec<VersionMark>) -> String {
+        self.consistency.sign(&ConsistencyToken {
+            subject: self.caller.subject,
+            marks,
+        })
+    }
 }
 
 fn invalid_header(name: &str, rule: &str) -> Problem {
@@ -94,6 +107,7 @@ impl<S> FromRequestParts<S> for CommandMeta
 where
     S: Send + Sync,
     Authenticator: FromRef<S>,
+    ConsistencyKey: FromRef<S>,
 {
     type Rejection = Problem;
 
@@ -126,6 +140,7 @@ where
             idempotency_key,
             traceparent,
             target,
+            consistency: ConsistencyKey::from_ref(state),
         })
     }
 }

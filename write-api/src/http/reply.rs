@@ -3,10 +3,11 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ordering_platform::problem::PROBLEM_JSON;
-use ordering_schema::consistency::{ConsistencyToken, VersionMark};
+use ordering_schema::consistency::VersionMark;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::http::meta::CommandMeta;
 
 /// The `X-Consistency-Token` header.
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
@@ -20,21 +21,23 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The answer of a successful command on an aggregate now at `version`, whose changes
-    /// are covered by `marks`.
+    /// The answer of a successful command of `meta`'s caller on an aggregate now at `version`,
+    /// whose changes are covered by `marks`: the consistency token names them, signed and bound
+    /// to the caller.
     pub fn success(
         status: StatusCode,
         body: &impl Serialize,
         version: i64,
         location: Option<String>,
         marks: Vec<VersionMark>,
+        meta: &CommandMeta,
     ) -> Result<Self, ApiError> {
         let body = serde_json::to_value(body)
             .map_err(|e| ApiError::Problem(ordering_platform::problem::Problem::internal(&e)))?;
         let mut headers = vec![
             (header::CONTENT_TYPE.to_string(), "application/json".to_owned()),
             (header::ETAG.to_string(), format!("\"{version}\"")),
-            (CONSISTENCY_TOKEN.to_string(), ConsistencyToken { marks }.encode()),
+            (CONSISTENCY_TOKEN.to_string(), meta.consistency_token(marks)),
         ];
         if let Some(location) = location {
             headers.push((header::LOCATION.to_string(), location));
