@@ -8,4 +8,5 @@ mod auth;
 mod command_input;
 mod fuzz_parsers;
 mod limits;
+mod path_ids;
 mod secrets;
