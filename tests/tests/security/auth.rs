@@ -250,7 +250,10 @@ fn provider_tokens(sub: Uuid, role: &str) -> Vec<(&'static str, String, u16)> {
     let now = exp(0);
     let with = |extra: serde_json::Value| {
         let mut claims = json!({"sub": sub, "role": role, "exp": now + 600});
-        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         signed(Algorithm::HS256, claims)
     };
     vec![
@@ -260,7 +263,11 @@ fn provider_tokens(sub: Uuid, role: &str) -> Vec<(&'static str, String, u16)> {
         ("iat 20 s ahead", with(json!({"iat": now + 20})), 200),
         ("nbf and iat past", with(json!({"nbf": now - 60, "iat": now - 60})), 200),
         ("an aud claim", with(json!({"aud": "some-api"})), 200),
-        ("an aud list and iss", with(json!({"aud": ["a", "b"], "iss": "https://idp.example"})), 200),
+        (
+            "an aud list and iss",
+            with(json!({"aud": ["a", "b"], "iss": "https://idp.example"})),
+            200,
+        ),
     ]
 }
 
@@ -286,7 +293,13 @@ async fn the_write_api_checks_nbf_iat_ignores_unconfigured_aud_and_takes_any_sch
         }
     }
     for authorization in scheme_spellings(&admin_token()) {
-        let a = answer(app.client.post(app.url(&path)).header("authorization", &authorization).json(&json!({"delta": 1}))).await;
+        let a = answer(
+            app.client
+                .post(app.url(&path))
+                .header("authorization", &authorization)
+                .json(&json!({"delta": 1})),
+        )
+        .await;
         assert_eq!(a.status, 200, "{authorization}: {}", a.text);
     }
     let a = answer(app.client.post(app.url(&path)).json(&json!({"delta": 1}))).await;
@@ -337,16 +350,35 @@ async fn with_jwt_audience_and_jwt_issuer_set_both_claims_are_required_and_check
     let sub = Uuid::now_v7();
     let token = |extra: serde_json::Value| {
         let mut claims = json!({"sub": sub, "role": "admin", "exp": exp(600)});
-        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         signed(Algorithm::HS256, claims)
     };
     let cases = [
-        ("both right", token(json!({"aud": "ordering", "iss": "https://idp.example"})), 201),
-        ("aud in a list", token(json!({"aud": ["other", "ordering"], "iss": "https://idp.example"})), 201),
+        (
+            "both right",
+            token(json!({"aud": "ordering", "iss": "https://idp.example"})),
+            201,
+        ),
+        (
+            "aud in a list",
+            token(json!({"aud": ["other", "ordering"], "iss": "https://idp.example"})),
+            201,
+        ),
         ("no aud", token(json!({"iss": "https://idp.example"})), 401),
         ("no iss", token(json!({"aud": "ordering"})), 401),
-        ("wrong aud", token(json!({"aud": "billing", "iss": "https://idp.example"})), 401),
-        ("wrong iss", token(json!({"aud": "ordering", "iss": "https://evil.example"})), 401),
+        (
+            "wrong aud",
+            token(json!({"aud": "billing", "iss": "https://idp.example"})),
+            401,
+        ),
+        (
+            "wrong iss",
+            token(json!({"aud": "ordering", "iss": "https://evil.example"})),
+            401,
+        ),
         ("neither", token(json!({})), 401),
     ];
     let client = reqwest::Client::new();
