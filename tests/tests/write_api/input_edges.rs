@@ -61,7 +61,11 @@ async fn a_patch_restating_the_current_values_changes_nothing_and_records_no_eve
     let before = app.counts().await;
     let restated = json!({"name": p["name"], "description": p["description"], "price_cents": p["price_cents"]});
     for body in [restated, json!({"price_cents": 100}), json!({"name": "NOOP-1 name"})] {
-        let a = answer(app.send(Method::PATCH, &path, &admin_token(), &body).header("If-Match", "\"1\"")).await;
+        let a = answer(
+            app.send(Method::PATCH, &path, &admin_token(), &body)
+                .header("If-Match", "\"1\""),
+        )
+        .await;
         assert_eq!(a.status, 200, "{body}: {}", a.text);
         assert_eq!(a.body, p, "{body}: the answer is the current state");
         assert_eq!(a.header("etag"), Some("\"1\""));
@@ -71,16 +75,36 @@ async fn a_patch_restating_the_current_values_changes_nothing_and_records_no_eve
     assert_eq!(app.product_row(id).await["version"], 1);
 
     // If-Match still applies to a no-op.
-    let stale = answer(app.send(Method::PATCH, &path, &admin_token(), &json!({"price_cents": 100})).header("If-Match", "\"7\"")).await;
+    let stale = answer(
+        app.send(Method::PATCH, &path, &admin_token(), &json!({"price_cents": 100}))
+            .header("If-Match", "\"7\""),
+    )
+    .await;
     stale.assert_problem(412, "version_conflict");
 
     // A real change after the no-ops is version 2, with one event.
-    let changed = answer(app.send(Method::PATCH, &path, &admin_token(), &json!({"price_cents": 101, "name": "NOOP-1 name"}))).await;
-    assert_eq!((changed.status, changed.body["version"].as_i64()), (200, Some(2)), "{}", changed.text);
+    let changed = answer(app.send(
+        Method::PATCH,
+        &path,
+        &admin_token(),
+        &json!({"price_cents": 101, "name": "NOOP-1 name"}),
+    ))
+    .await;
+    assert_eq!(
+        (changed.status, changed.body["version"].as_i64()),
+        (200, Some(2)),
+        "{}",
+        changed.text
+    );
     assert_eq!(app.counts().await.outbox, before.outbox + 1);
 
     // A zero stock delta is refused: the contract asks for a non-zero delta.
-    let zero = answer(app.post(&format!("{path}/stock-adjustments"), &admin_token(), &json!({"delta": 0}))).await;
+    let zero = answer(app.post(
+        &format!("{path}/stock-adjustments"),
+        &admin_token(),
+        &json!({"delta": 0}),
+    ))
+    .await;
     zero.assert_problem(422, "validation_failed");
     assert_eq!(zero.body["errors"][0]["field"], "delta");
 }
@@ -91,8 +115,16 @@ async fn an_out_of_range_number_is_422_naming_its_field() {
     let p = app.create_product("RANGE-1", 100, "EUR", 3).await;
     let id = p["id"].as_str().unwrap();
     let cases = [
-        (format!("/v1/products/{id}/stock-adjustments"), r#"{"delta": 1e400}"#, "delta"),
-        (format!("/v1/products/{id}/stock-adjustments"), r#"{"delta": -1e400}"#, "delta"),
+        (
+            format!("/v1/products/{id}/stock-adjustments"),
+            r#"{"delta": 1e400}"#,
+            "delta",
+        ),
+        (
+            format!("/v1/products/{id}/stock-adjustments"),
+            r#"{"delta": -1e400}"#,
+            "delta",
+        ),
         (
             "/v1/orders".to_owned(),
             r#"{"lines": [{"product_id": "00000000-0000-0000-0000-000000000000", "quantity": 1e999}]}"#,
@@ -138,8 +170,16 @@ async fn a_declared_length_beyond_the_body_limit_is_413_at_once() {
     }
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("content-type: application/problem+json"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{text}"
+    );
     assert!(text.contains("payload_too_large"), "{text}");
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(app.product_row(id).await["stock"], 3);
 }
