@@ -14,8 +14,16 @@ async fn non_utf8_path_ids_are_404_problems_on_the_write_api() {
     let app = WriteApp::start().await;
     let routes = [
         (Method::PATCH, format!("/v1/products/{BAD}"), json!({"name": "x"})),
-        (Method::POST, format!("/v1/products/{BAD}/stock-adjustments"), json!({"delta": 1})),
-        (Method::POST, format!("/v1/orders/{BAD}/pay"), json!({"payment_reference": "r"})),
+        (
+            Method::POST,
+            format!("/v1/products/{BAD}/stock-adjustments"),
+            json!({"delta": 1}),
+        ),
+        (
+            Method::POST,
+            format!("/v1/orders/{BAD}/pay"),
+            json!({"payment_reference": "r"}),
+        ),
         (Method::POST, format!("/v1/orders/{BAD}/ship"), json!({})),
         (Method::POST, format!("/v1/orders/{BAD}/cancel"), json!({})),
     ];

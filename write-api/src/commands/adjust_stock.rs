@@ -1,8 +1,9 @@
 //! `POST /v1/products/{id}/stock-adjustments`: add or remove stock (admin).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use diesel_async::AsyncPgConnection;
 use ordering_platform::http::json::JsonBody;
+use ordering_platform::http::path::PathId;
 use ordering_platform::problem::Problem;
 use ordering_schema::events::{ProductData, now};
 use serde::Deserialize;
@@ -54,7 +55,7 @@ impl Command for AdjustStock {
 pub async fn handler(
     State(app): State<AppState>,
     meta: CommandMeta,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: JsonBody<AdjustStockRequest>,
 ) -> Result<Reply, ApiError> {
     meta.caller.require_admin()?;
