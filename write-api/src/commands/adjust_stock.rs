@@ -35,7 +35,10 @@ struct AdjustStock {
 impl Command for AdjustStock {
     async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         let (delta, reason) = (self.delta, self.reason);
-        change_product(conn, meta, self.id, |p| p.adjust_stock(delta, reason.as_deref(), now())).await
+        change_product(conn, meta, self.id, |p| {
+            p.adjust_stock(delta, reason.as_deref(), now()).map(Some)
+        })
+        .await
     }
 }
 
