@@ -10,3 +10,4 @@ mod fuzz_parsers;
 mod limits;
 mod path_ids;
 mod secrets;
+mod stack_errors;
