@@ -61,7 +61,8 @@ pub struct CommandMeta {
     pub idempotency_key: Option<String>,
     /// A well-formed W3C `traceparent`, stored with the command's events.
     pub traceparent: Option<String>,
-    /// The scope of an idempotency key, with the caller: see [`idempotency_target`].
+    /// The scope of an idempotency key, with the caller: `METHOD path`, with the ids in the
+    /// path written as canonical UUIDs however the client spelled them.
     pub target: String,
 }
 
