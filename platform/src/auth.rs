@@ -1,8 +1,12 @@
 //! Bearer-token authentication shared by both APIs (CONTRACT.md, "Authentication").
 //!
-//! Only HS256 is accepted; `exp` is required with 30 s of leeway; `sub` must be a UUID and
-//! `role` one of `customer` / `admin`. Anything else is 401 `unauthorized`. With `AUTH=off`
-//! every caller is an admin (demos only; a warning is logged at start).
+//! Only HS256 is accepted; `exp` is required; `exp`, `nbf` and `iat` are checked with 30 s of
+//! clock skew (a token not yet valid or issued in the future is refused); `sub` must be a UUID
+//! and `role` one of `customer` / `admin`. With `JWT_AUDIENCE` / `JWT_ISSUER` set, `aud` / `iss`
+//! are required and must match; unset, those claims are ignored (identity providers add them
+//! as a matter of course). The scheme name `Bearer` is case-insensitive (RFC 7235). Anything
+//! else is 401 `unauthorized`. With `AUTH=off` every caller is an admin (demos only; a warning
+//! is logged at start).
 
 use std::sync::Arc;
 
@@ -71,18 +75,68 @@ impl std::fmt::Debug for Authenticator {
 struct Claims {
     sub: String,
     role: String,
+    /// Checked here: `jsonwebtoken` checks `exp` and `nbf` but not `iat`.
+    #[serde(default)]
+    iat: Option<f64>,
 }
 
-/// Clock skew tolerated on `exp`.
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const LEEWAY_SECS: u64 = 30;
 
+/// The `aud` and `iss` a token must name (`JWT_AUDIENCE`, `JWT_ISSUER`); `None` ignores the claim.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpectedClaims {
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+impl ExpectedClaims {
+    /// From `JWT_AUDIENCE` and `JWT_ISSUER` (unset or blank: not checked).
+    pub fn from_env() -> Result<Self, SettingError> {
+        Ok(Self {
+            audience: claim_setting("JWT_AUDIENCE")?,
+            issuer: claim_setting("JWT_ISSUER")?,
+        })
+    }
+}
+
+/// A claim value to match exactly: surrounding whitespace or control characters can only be a
+/// mistake in the setting, and would make every token fail to match.
+fn claim_setting(name: &'static str) -> Result<Option<String>, SettingError> {
+    match settings::raw(name) {
+        Some(v) if v.trim() != v || v.chars().any(char::is_control) => Err(SettingError::new(
+            name,
+            "must not have surrounding whitespace or control characters",
+        )),
+        v => Ok(v),
+    }
+}
+
 impl Authenticator {
-    /// Verifies HS256 tokens signed with `secret`.
+    /// Verifies HS256 tokens signed with `secret`, ignoring `aud` and `iss`.
     pub fn hs256(secret: &[u8]) -> Self {
+        Self::hs256_expecting(secret, &ExpectedClaims::default())
+    }
+
+    /// Verifies HS256 tokens signed with `secret` that name `expected`'s audience and issuer.
+    pub fn hs256_expecting(secret: &[u8], expected: &ExpectedClaims) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &expected.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &expected.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         Self {
             key: Some(Arc::new(DecodingKey::from_secret(secret))),
             validation: Arc::new(validation),
@@ -97,8 +151,8 @@ impl Authenticator {
         }
     }
 
-    /// From `AUTH` and `JWT_SECRET`: the service refuses to start without a secret unless
-    /// `AUTH=off`.
+    /// From `AUTH`, `JWT_SECRET`, `JWT_AUDIENCE` and `JWT_ISSUER`: the service refuses to start
+    /// without a secret unless `AUTH=off`.
     pub fn from_env() -> Result<Self, SettingError> {
         match settings::raw("AUTH").as_deref() {
             Some("off") => {
@@ -106,7 +160,9 @@ impl Authenticator {
                 Ok(Self::disabled())
             }
             None | Some("on") => match settings::raw("JWT_SECRET") {
-                Some(secret) if secret.len() >= 16 => Ok(Self::hs256(secret.as_bytes())),
+                Some(secret) if secret.len() >= 16 => {
+                    Ok(Self::hs256_expecting(secret.as_bytes(), &ExpectedClaims::from_env()?))
+                }
                 Some(_) => Err(SettingError::new("JWT_SECRET", "must be at least 16 bytes long")),
                 None => Err(SettingError::new(
                     "JWT_SECRET",
@@ -128,20 +184,27 @@ impl Authenticator {
         let header = authorization.ok_or_else(|| unauthorized("a bearer token is required"))?;
         let header = std::str::from_utf8(header).map_err(|_| unauthorized("malformed Authorization header"))?;
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => unauthorized("the token has expired"),
+                ErrorKind::ImmatureSignature => unauthorized("the token is not valid yet (nbf)"),
+                ErrorKind::InvalidAudience => unauthorized("the token's aud does not name this service"),
+                ErrorKind::InvalidIssuer => unauthorized("the token's iss is not the expected issuer"),
                 ErrorKind::InvalidAlgorithm => unauthorized("only HS256 tokens are accepted"),
                 ErrorKind::MissingRequiredClaim(c) => unauthorized(&format!("the token lacks the {c} claim")),
                 _ => unauthorized("the token is invalid"),
             }
         })?;
+        let now = chrono::Utc::now().timestamp() as f64;
+        if data.claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS as f64) {
+            return Err(unauthorized("the token was issued in the future (iat)"));
+        }
         let subject = Uuid::parse_str(&data.claims.sub).map_err(|_| unauthorized("the token's sub is not a UUID"))?;
         let role = match data.claims.role.as_str() {
             "customer" => Role::Customer,
@@ -261,6 +324,69 @@ mod tests {
             SECRET,
         );
         assert!(check(&t).is_ok());
+    }
+
+    #[test]
+    fn nbf_and_iat_in_the_future_are_refused_beyond_the_skew() {
+        let claims = |extra: serde_json::Value| {
+            let mut c = json!({"sub": Uuid::now_v7(), "role": "admin", "exp": exp(600)});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            token(c, Algorithm::HS256, SECRET)
+        };
+        for (extra, ok) in [
+            (json!({"nbf": exp(60)}), false),
+            (json!({"iat": exp(60)}), false),
+            (json!({"nbf": exp(20), "iat": exp(20)}), true),
+            (json!({"nbf": exp(-60), "iat": exp(-60)}), true),
+        ] {
+            assert_eq!(check(&claims(extra.clone())).is_ok(), ok, "{extra}");
+        }
+    }
+
+    #[test]
+    fn aud_and_iss_are_ignored_unless_expected_then_required() {
+        let claims = |extra: serde_json::Value| {
+            let mut c = json!({"sub": Uuid::now_v7(), "role": "admin", "exp": exp(600)});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            format!("Bearer {}", token(c, Algorithm::HS256, SECRET))
+        };
+        let any = Authenticator::hs256(SECRET);
+        let strict = Authenticator::hs256_expecting(
+            SECRET,
+            &ExpectedClaims {
+                audience: Some("ordering".into()),
+                issuer: Some("https://idp".into()),
+            },
+        );
+        for (extra, any_ok, strict_ok) in [
+            (json!({}), true, false),
+            (json!({"aud": "other", "iss": "elsewhere"}), true, false),
+            (json!({"aud": "ordering", "iss": "https://idp"}), true, true),
+            (json!({"aud": ["x", "ordering"], "iss": "https://idp"}), true, true),
+            (json!({"aud": "ordering"}), true, false),
+            (json!({"iss": "https://idp"}), true, false),
+        ] {
+            let t = claims(extra.clone());
+            assert_eq!(any.authenticate(Some(t.as_bytes())).is_ok(), any_ok, "{extra}");
+            assert_eq!(strict.authenticate(Some(t.as_bytes())).is_ok(), strict_ok, "{extra}");
+        }
+    }
+
+    #[test]
+    fn the_scheme_name_is_case_insensitive() {
+        let auth = Authenticator::hs256(SECRET);
+        let t = token(
+            json!({"sub": Uuid::now_v7(), "role": "admin", "exp": exp(60)}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert!(
+                auth.authenticate(Some(format!("{scheme} {t}").as_bytes())).is_ok(),
+                "{scheme}"
+            );
+        }
+        assert!(auth.authenticate(Some(format!("Bearerx {t}").as_bytes())).is_err());
     }
 
     #[test]

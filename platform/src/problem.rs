@@ -113,6 +113,11 @@ impl IntoResponse for Problem {
         if let Some(secs) = retry {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        // RFC 9110 §15.5.2: a 401 names the scheme that would succeed; ours is the only one.
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         res
     }
 }

@@ -1,10 +1,11 @@
 //! The JSON body extractor: the contract's status for every way a body can be wrong.
 //!
-//! - over the body limit: 413 `payload_too_large`;
+//! - over the body limit: 413 `payload_too_large`, at once when the declared `Content-Length`
+//!   is over it (without waiting for a body that may never come);
 //! - not `Content-Type: application/json`: 415 `unsupported_media_type`;
 //! - not JSON at all: 400 `malformed_json`;
-//! - JSON of the wrong shape (missing, unknown or mistyped fields, numbers out of range):
-//!   422 `validation_failed`, naming the field.
+//! - JSON of the wrong shape (missing, unknown or mistyped fields, numbers out of range, even
+//!   out of a double's range like `1e400`): 422 `validation_failed`, naming the field.
 //!
 //! The body is parsed once into a `serde_json::Value` and kept: "the same body" for
 //! idempotency means the same JSON value, whatever the spacing or key order.
@@ -35,6 +36,9 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+        if declared_length(req.headers()).is_some_and(|len| len > BODY_LIMIT as u64) {
+            return Err(too_large());
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
@@ -66,6 +70,12 @@ where
     }
 }
 
+/// The `Content-Length` the client declared, if it is a number (hyper refuses a malformed or
+/// contradictory one before the request gets here).
+fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 fn too_large() -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -79,14 +89,31 @@ fn is_json(content_type: &str) -> bool {
     essence == "application/json"
 }
 
+/// Parses the body as a JSON value. A number beyond a double's range (`1e400`) is valid JSON
+/// (RFC 8259 sets no range) that no field can take: 422 naming where it is, as for any other
+/// out-of-range value, not 400.
 fn parse(bytes: &[u8]) -> Result<serde_json::Value, Problem> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let malformed = |e: &serde_json::Error| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
             format!("the request body is not valid JSON: {e}"),
         )
-    })
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if !inner.to_string().starts_with("number out of range") {
+            return malformed(&inner);
+        }
+        Problem::validation(vec![FieldProblem {
+            field: if path == "." { "body".to_owned() } else { path },
+            message: "number out of range".to_owned(),
+        }])
+    })?;
+    de.end().map_err(|e| malformed(&e))?;
+    Ok(value)
 }
 
 /// Decodes a parsed body into `T`, turning serde's complaint into a field error. Every body
@@ -158,6 +185,23 @@ mod tests {
         );
         assert_eq!(field(json!({"count": 1, "lines": [{}]})), "lines[0].quantity");
         assert_eq!(field(json!([1, 2])), "body");
+    }
+
+    #[test]
+    fn numbers_beyond_a_double_are_422_at_their_field() {
+        for (raw, field) in [
+            (r#"{"delta": 1e400}"#, "delta"),
+            (r#"{"lines": [{"quantity": -1e999}]}"#, "lines[0].quantity"),
+            ("1e400", "body"),
+        ] {
+            let p = parse(raw.as_bytes()).unwrap_err();
+            assert_eq!((p.status, p.code.as_str()), (422, "validation_failed"), "{raw}");
+            assert_eq!(p.errors[0].field, field, "{raw}");
+        }
+        for bad in [r#"{"delta": 1"#, r#"{"delta": 1} x"#, "nul"] {
+            assert_eq!(parse(bad.as_bytes()).unwrap_err().code, "malformed_json", "{bad}");
+        }
+        assert_eq!(parse(br#"{"a": [1, 2.5e10]}"#).unwrap(), json!({"a": [1, 2.5e10]}));
     }
 
     #[test]

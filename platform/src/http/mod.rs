@@ -1,10 +1,11 @@
-//! HTTP plumbing shared by the services: middleware, the JSON body extractor, the ops
-//! endpoints, and serving with graceful shutdown.
+//! HTTP plumbing shared by the services: middleware, the JSON body and path id extractors, the
+//! ops endpoints, and serving with graceful shutdown.
 
 pub mod json;
 pub mod layers;
 pub mod openapi;
 pub mod ops;
+pub mod path;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -5,12 +5,13 @@
 //! request with a consistency token reads PostgreSQL after its wait (the hash may still be
 //! one invalidation behind) and refreshes the cache on the way.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ordering_platform::auth::Caller;
+use ordering_platform::http::path::PathId;
 use ordering_platform::problem::Problem;
 use ordering_schema::events::OrderStatus;
 use uuid::Uuid;
@@ -60,7 +61,7 @@ pub struct OrderListParams {
 pub async fn list_orders(
     State(app): State<AppState>,
     caller: Caller,
-    Path(customer): Path<String>,
+    PathId(customer): PathId,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
@@ -150,7 +151,7 @@ pub async fn list_orders(
 pub async fn summary(
     State(app): State<AppState>,
     caller: Caller,
-    Path(customer): Path<String>,
+    PathId(customer): PathId,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
     let marks = consistency_marks(&app, &headers, Some(&caller))?;

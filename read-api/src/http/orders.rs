@@ -1,9 +1,10 @@
 //! `GET /v1/orders/{id}`: the order view, for its customer or an admin.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use ordering_platform::auth::Caller;
+use ordering_platform::http::path::PathId;
 use ordering_platform::problem::Problem;
 
 use super::schemas::OrderView;
@@ -31,7 +32,7 @@ use crate::error::ReadError;
 pub async fn get_order(
     State(app): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
     let (entry, source) = consistent_view(&app, &headers, Some(&caller), Kind::Order, &id).await?;

@@ -1,8 +1,9 @@
 //! `GET /v1/products/{id}` and `GET /v1/products`.
 
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use ordering_platform::http::path::PathId;
 use ordering_platform::problem::Problem;
 use ordering_schema::events::ProductData;
 use uuid::Uuid;
@@ -31,7 +32,7 @@ use crate::views::{self, ProductFilter, ProductKey, ProductSort};
 )]
 pub async fn get_product(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     request: Request,
 ) -> Result<Response, ReadError> {
     // The headers are read in place (a `HeaderMap` argument would be a copy).

@@ -245,3 +245,152 @@ async fn every_customer_scoped_read_hides_other_customers_data() {
     assert_eq!((missing.status, missing.code()), (hidden.status, hidden.code()));
     assert_eq!(missing.body["detail"], hidden.body["detail"]);
 }
+
+/// Tokens as identity providers issue them, each with what the APIs must answer: `nbf` and
+/// `iat` in the future beyond the 30 s skew are refused, within it accepted; an `aud` or `iss`
+/// claim is ignored while `JWT_AUDIENCE` / `JWT_ISSUER` are unset.
+fn provider_tokens(sub: Uuid, role: &str) -> Vec<(&'static str, String, u16)> {
+    let now = exp(0);
+    let with = |extra: serde_json::Value| {
+        let mut claims = json!({"sub": sub, "role": role, "exp": now + 600});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        signed(Algorithm::HS256, claims)
+    };
+    vec![
+        ("nbf 60 s ahead", with(json!({"nbf": now + 60})), 401),
+        ("iat 60 s ahead", with(json!({"iat": now + 60})), 401),
+        ("nbf 20 s ahead", with(json!({"nbf": now + 20})), 200),
+        ("iat 20 s ahead", with(json!({"iat": now + 20})), 200),
+        ("nbf and iat past", with(json!({"nbf": now - 60, "iat": now - 60})), 200),
+        ("an aud claim", with(json!({"aud": "some-api"})), 200),
+        (
+            "an aud list and iss",
+            with(json!({"aud": ["a", "b"], "iss": "https://idp.example"})),
+            200,
+        ),
+    ]
+}
+
+/// `Bearer` in any case is the bearer scheme.
+fn scheme_spellings(token: &str) -> Vec<String> {
+    ["Bearer", "bearer", "BEARER", "bEaReR"]
+        .iter()
+        .map(|s| format!("{s} {token}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_write_api_checks_nbf_iat_ignores_unconfigured_aud_and_takes_any_scheme_case() {
+    let app = WriteApp::start().await;
+    let p = app.create_product("SEC-IDP", 100, "EUR", 5).await;
+    let path = format!("/v1/products/{}/stock-adjustments", p["id"].as_str().unwrap());
+    for (what, token, status) in provider_tokens(Uuid::now_v7(), "admin") {
+        let a = answer(app.post(&path, &token, &json!({"delta": 1}))).await;
+        assert_eq!(a.status, status, "{what}: {}", a.text);
+        if status == 401 {
+            a.assert_problem(401, "unauthorized");
+            assert_eq!(a.header("www-authenticate"), Some("Bearer"), "{what}");
+        }
+    }
+    for authorization in scheme_spellings(&admin_token()) {
+        let a = answer(
+            app.client
+                .post(app.url(&path))
+                .header("authorization", &authorization)
+                .json(&json!({"delta": 1})),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{authorization}: {}", a.text);
+    }
+    let a = answer(app.client.post(app.url(&path)).json(&json!({"delta": 1}))).await;
+    a.assert_problem(401, "unauthorized");
+    assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_read_api_checks_nbf_iat_ignores_unconfigured_aud_and_takes_any_scheme_case() {
+    let app = ReadApp::start().await;
+    let customer = Uuid::now_v7();
+    let path = format!("/v1/customers/{customer}/summary");
+    for (what, token, status) in provider_tokens(customer, "customer") {
+        let a = answer(app.get(&path).bearer_auth(&token)).await;
+        assert_eq!(a.status, status, "{what}: {}", a.text);
+        if status == 401 {
+            a.assert_problem(401, "unauthorized");
+            assert_eq!(a.header("www-authenticate"), Some("Bearer"), "{what}");
+        }
+    }
+    for authorization in scheme_spellings(&customer_token(customer)) {
+        let a = answer(app.get(&path).header("authorization", &authorization)).await;
+        assert_eq!(a.status, 200, "{authorization}: {}", a.text);
+    }
+    let a = answer(app.get(&path)).await;
+    a.assert_problem(401, "unauthorized");
+    assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_jwt_audience_and_jwt_issuer_set_both_claims_are_required_and_checked() {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use ordering_tests::process::ServiceProcess;
+    use ordering_tests::test_db::TestDatabase;
+
+    let db = TestDatabase::new().await;
+    let env = HashMap::from([
+        ("DATABASE_URL".to_owned(), db.url().to_owned()),
+        ("JWT_SECRET".to_owned(), SECRET.to_owned()),
+        ("JWT_AUDIENCE".to_owned(), "ordering".to_owned()),
+        ("JWT_ISSUER".to_owned(), "https://idp.example".to_owned()),
+        ("RUST_LOG".to_owned(), "warn".to_owned()),
+    ]);
+    let service = ServiceProcess::spawn("write-api", &[], "WRITE_API_ADDR", &env);
+    service.wait_ready_status(200, Duration::from_secs(60)).await;
+    let sub = Uuid::now_v7();
+    let token = |extra: serde_json::Value| {
+        let mut claims = json!({"sub": sub, "role": "admin", "exp": exp(600)});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        signed(Algorithm::HS256, claims)
+    };
+    let cases = [
+        (
+            "both right",
+            token(json!({"aud": "ordering", "iss": "https://idp.example"})),
+            201,
+        ),
+        (
+            "aud in a list",
+            token(json!({"aud": ["other", "ordering"], "iss": "https://idp.example"})),
+            201,
+        ),
+        ("no aud", token(json!({"iss": "https://idp.example"})), 401),
+        ("no iss", token(json!({"aud": "ordering"})), 401),
+        (
+            "wrong aud",
+            token(json!({"aud": "billing", "iss": "https://idp.example"})),
+            401,
+        ),
+        (
+            "wrong iss",
+            token(json!({"aud": "ordering", "iss": "https://evil.example"})),
+            401,
+        ),
+        ("neither", token(json!({})), 401),
+    ];
+    let client = reqwest::Client::new();
+    for (n, (what, token, status)) in cases.into_iter().enumerate() {
+        let body = json!({"sku": format!("AUD-{n}"), "name": "n", "price_cents": 1, "currency": "EUR", "stock": 1});
+        let a = answer(client.post(service.url("/v1/products")).bearer_auth(&token).json(&body)).await;
+        assert_eq!(a.status, status, "{what}: {}", a.text);
+        if status == 401 {
+            a.assert_problem(401, "unauthorized");
+        }
+    }
+}

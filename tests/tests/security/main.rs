@@ -9,4 +9,6 @@ mod command_input;
 mod consistency_tokens;
 mod fuzz_parsers;
 mod limits;
+mod path_ids;
 mod secrets;
+mod stack_errors;

@@ -10,6 +10,7 @@ mod catalog;
 mod concurrency;
 mod disconnects;
 mod idempotency;
+mod input_edges;
 mod ops;
 mod orders;
 mod outbox;

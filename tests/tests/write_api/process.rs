@@ -20,13 +20,15 @@ fn env(database_url: &str) -> HashMap<String, String> {
 #[test]
 fn a_bad_setting_stops_the_service_with_status_2_and_one_line_naming_it() {
     let base = env("postgres://root@127.0.0.1:5432/unused");
-    let cases: [(&str, Option<&str>); 6] = [
+    let cases: [(&str, Option<&str>); 8] = [
         ("JWT_SECRET", None),
         ("JWT_SECRET", Some("short")),
         ("WRITE_API_ADDR", Some("not-an-address")),
         ("DATABASE_URL", Some("mysql://x")),
         ("DB_POOL_SIZE", Some("many")),
         ("IDEMPOTENCY_TTL", Some("1h")),
+        ("JWT_AUDIENCE", Some(" ordering")),
+        ("JWT_ISSUER", Some("https://idp.example\t")),
     ];
     for (name, value) in cases {
         let mut e = base.clone();

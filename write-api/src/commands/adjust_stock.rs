@@ -1,8 +1,9 @@
 //! `POST /v1/products/{id}/stock-adjustments`: add or remove stock (admin).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use diesel_async::AsyncPgConnection;
 use ordering_platform::http::json::JsonBody;
+use ordering_platform::http::path::PathId;
 use ordering_platform::problem::Problem;
 use ordering_schema::events::{ProductData, now};
 use serde::Deserialize;
@@ -34,7 +35,10 @@ struct AdjustStock {
 impl Command for AdjustStock {
     async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         let (delta, reason) = (self.delta, self.reason);
-        change_product(conn, meta, self.id, |p| p.adjust_stock(delta, reason.as_deref(), now())).await
+        change_product(conn, meta, self.id, |p| {
+            p.adjust_stock(delta, reason.as_deref(), now()).map(Some)
+        })
+        .await
     }
 }
 
@@ -54,7 +58,7 @@ impl Command for AdjustStock {
 pub async fn handler(
     State(app): State<AppState>,
     meta: CommandMeta,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: JsonBody<AdjustStockRequest>,
 ) -> Result<Reply, ApiError> {
     meta.caller.require_admin()?;

@@ -1,9 +1,10 @@
 //! `POST /v1/orders/{id}/cancel`: cancel a placed or paid order and give its stock back.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use diesel_async::AsyncPgConnection;
 use ordering_platform::http::json::JsonBody;
+use ordering_platform::http::path::PathId;
 use ordering_platform::problem::Problem;
 use ordering_schema::events::{OrderData, now};
 use serde::Deserialize;
@@ -64,7 +65,7 @@ impl Command for CancelOrder {
 pub async fn handler(
     State(app): State<AppState>,
     meta: CommandMeta,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: JsonBody<CancelOrderRequest>,
 ) -> Result<Reply, ApiError> {
     let id = parse_id(&id, "order")?;

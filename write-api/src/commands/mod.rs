@@ -138,18 +138,20 @@ pub fn product_reply(product: &Product, meta: &CommandMeta) -> Result<Reply, Api
 }
 
 /// Locks product `id`, checks `If-Match`, applies `change`, and stores the new state and its
-/// event: the whole of a single-product command.
+/// event: the whole of a single-product command. A change that records nothing (`None`: it
+/// restated the current state) writes nothing and answers the current state.
 pub async fn change_product(
     conn: &mut AsyncPgConnection,
     meta: &CommandMeta,
     id: Uuid,
-    change: impl FnOnce(&mut Product) -> Result<Recorded, DomainError> + Send,
+    change: impl FnOnce(&mut Product) -> Result<Option<Recorded>, DomainError> + Send,
 ) -> Result<Reply, ApiError> {
     let mut product = products::lock(conn, id).await?.ok_or(ApiError::NotFound("product"))?;
     check_precondition(meta.if_match, "product", product.version())?;
-    let event = change(&mut product)?;
-    products::save(conn, &product).await?;
-    outbox::append(conn, &[event], meta.traceparent.as_deref()).await?;
+    if let Some(event) = change(&mut product)? {
+        products::save(conn, &product).await?;
+        outbox::append(conn, &[event], meta.traceparent.as_deref()).await?;
+    }
     product_reply(&product, meta)
 }
 

@@ -1,8 +1,9 @@
 //! `POST /v1/orders/{id}/pay`: record the payment of a placed order.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use diesel_async::AsyncPgConnection;
 use ordering_platform::http::json::JsonBody;
+use ordering_platform::http::path::PathId;
 use ordering_platform::problem::Problem;
 use ordering_schema::events::{OrderData, now};
 use serde::Deserialize;
@@ -51,7 +52,7 @@ impl Command for PayOrder {
 pub async fn handler(
     State(app): State<AppState>,
     meta: CommandMeta,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: JsonBody<PayOrderRequest>,
 ) -> Result<Reply, ApiError> {
     let id = parse_id(&id, "order")?;

@@ -1,8 +1,9 @@
 //! `POST /v1/orders/{id}/ship`: mark a paid order shipped (admin).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use diesel_async::AsyncPgConnection;
 use ordering_platform::http::json::JsonBody;
+use ordering_platform::http::path::PathId;
 use ordering_platform::problem::Problem;
 use ordering_schema::events::{OrderData, now};
 use serde::Deserialize;
@@ -44,7 +45,7 @@ impl Command for ShipOrder {
 pub async fn handler(
     State(app): State<AppState>,
     meta: CommandMeta,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: JsonBody<ShipOrderRequest>,
 ) -> Result<Reply, ApiError> {
     meta.caller.require_admin()?;

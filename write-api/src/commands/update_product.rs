@@ -1,8 +1,9 @@
 //! `PATCH /v1/products/{id}`: change a product's name, description or price (admin).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use diesel_async::AsyncPgConnection;
 use ordering_platform::http::json::JsonBody;
+use ordering_platform::http::path::PathId;
 use ordering_schema::events::{ProductData, now};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -55,7 +56,7 @@ impl Command for UpdateProduct {
 pub async fn handler(
     State(app): State<AppState>,
     meta: CommandMeta,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: JsonBody<UpdateProductRequest>,
 ) -> Result<Reply, ApiError> {
     meta.caller.require_admin()?;

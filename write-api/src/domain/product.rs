@@ -2,6 +2,11 @@
 //!
 //! Invariants it guards: every field within the contract's input limits when set by a command,
 //! stock never below zero, version +1 per change with `created_at` fixed.
+//!
+//! No command records an event that changes nothing. A `PATCH` states a desired state, so
+//! restating the current values is a successful no-op ([`Product::update`] records nothing
+//! and the version stays); a stock adjustment states a change, and the contract asks for a
+//! non-zero `delta`, so a zero delta is refused.
 
 use chrono::{DateTime, Utc};
 use ordering_schema::events::{EventKind, ProductData};
@@ -93,9 +98,10 @@ impl Product {
     /// At least one field must be given (else Validation with field `body`); validates given
     /// fields; version+1; event `product.updated`.
     ///
-    /// A field set to its current value still counts as a change: the client asked for a
-    /// write, and answering with a new version keeps `If-Match` retries simple.
-    pub fn update(&mut self, changes: ProductChanges, now: DateTime<Utc>) -> Result<Recorded, DomainError> {
+    /// When every given field already holds its value, nothing changes and nothing is recorded
+    /// (`Ok(None)`): the request states the product's current state, so it succeeds as is and
+    /// a retry of an applied `PATCH` answers the same.
+    pub fn update(&mut self, changes: ProductChanges, now: DateTime<Utc>) -> Result<Option<Recorded>, DomainError> {
         if changes.name.is_none() && changes.description.is_none() && changes.price_cents.is_none() {
             return Err(DomainError::field(
                 "body",
@@ -114,6 +120,13 @@ impl Product {
         }
         checks.finish()?;
 
+        let s = &self.state;
+        let restated = changes.name.as_ref().is_none_or(|n| *n == s.name)
+            && changes.description.as_ref().is_none_or(|d| *d == s.description)
+            && changes.price_cents.is_none_or(|p| p == s.price_cents);
+        if restated {
+            return Ok(None);
+        }
         if let Some(name) = changes.name {
             self.state.name = name;
         }
@@ -123,7 +136,7 @@ impl Product {
         if let Some(price_cents) = changes.price_cents {
             self.state.price_cents = price_cents;
         }
-        Ok(self.bump(EventKind::ProductUpdated, now))
+        Ok(Some(self.bump(EventKind::ProductUpdated, now)))
     }
 
     /// `delta` non-zero and within ±1_000_000_000 (Validation, field `delta`); stock below 0 ->
@@ -419,7 +432,8 @@ pub(crate) mod tests {
                 },
                 later,
             )
-            .unwrap();
+            .unwrap()
+            .expect("a change");
         assert_eq!(p.version(), 2);
         assert_eq!(p.state().name, "Gadget");
         assert_eq!(p.state().price_cents, 99);
@@ -436,9 +450,45 @@ pub(crate) mod tests {
                 },
                 later,
             )
-            .unwrap();
+            .unwrap()
+            .expect("a change");
         assert_eq!(p.state().description, "");
         assert_eq!(event.sequence(), 3);
+    }
+
+    #[test]
+    fn update_restating_current_values_records_nothing() {
+        let mut p = product();
+        let before = p.clone();
+        let s = before.state();
+        for changes in [
+            ProductChanges {
+                name: Some(s.name.clone()),
+                description: Some(s.description.clone()),
+                price_cents: Some(s.price_cents),
+            },
+            ProductChanges {
+                price_cents: Some(s.price_cents),
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(p.update(changes, t0() + TimeDelta::seconds(5)), Ok(None));
+            assert_eq!(p, before, "version and updated_at kept");
+        }
+        // One changed field among restated ones is a change.
+        let event = p
+            .update(
+                ProductChanges {
+                    name: Some(s.name.clone()),
+                    price_cents: Some(s.price_cents + 1),
+                    ..Default::default()
+                },
+                t0(),
+            )
+            .unwrap();
+        assert_eq!(event.map(|e| e.sequence()), Some(2));
+        // A zero delta is still refused: the contract asks for a non-zero one.
+        assert_eq!(fields(p.adjust_stock(0, None, t0()).unwrap_err()), ["delta"]);
     }
 
     #[test]
@@ -486,6 +536,7 @@ pub(crate) mod tests {
     fn update_accepts_price_at_bounds() {
         let mut p = product();
         for price in [0, values::PRICE_CENTS_MAX] {
+            assert_ne!(p.state().price_cents, price);
             p.update(
                 ProductChanges {
                     price_cents: Some(price),

@@ -186,7 +186,7 @@ impl World {
                     description: None,
                     price_cents: *price_cents,
                 };
-                Ok(vec![p.update(changes, now)?])
+                Ok(p.update(changes, now)?.into_iter().collect())
             }
             Command::Place { lines } => {
                 let requests = lines

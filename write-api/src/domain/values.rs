@@ -122,8 +122,9 @@ pub fn stock(value: i64) -> Rule {
     Ok(())
 }
 
-/// `delta` of a stock adjustment: non-zero, within ±10^9. A zero delta is refused because it
-/// would publish a `stock_changed` event that changes nothing.
+/// `delta` of a stock adjustment: non-zero, within ±10^9. An adjustment states a change, and
+/// the contract requires one: a zero delta is refused rather than answered as a no-op (unlike a
+/// `PATCH` restating current values, see the [`product`](super::product) module doc).
 pub fn delta(value: i64) -> Rule {
     if value == 0 || !(-DELTA_MAX..=DELTA_MAX).contains(&value) {
         return Err("must be a non-zero integer from -1000000000 to 1000000000");

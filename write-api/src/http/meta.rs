@@ -1,14 +1,16 @@
 //! The request headers a command reads: `If-Match`, `Idempotency-Key` and `traceparent`,
-//! with the caller, as one extractor. A malformed `If-Match` or `Idempotency-Key` is 400
-//! `invalid_header`; a malformed `traceparent` is ignored, as W3C Trace Context asks.
+//! with the caller and the scope of its idempotency key, as one extractor. A malformed
+//! `If-Match` or `Idempotency-Key` is 400 `invalid_header`; a malformed `traceparent` is
+//! ignored, as W3C Trace Context asks.
 
-use axum::extract::{FromRef, FromRequestParts};
+use axum::extract::{FromRef, FromRequestParts, MatchedPath, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use ordering_platform::auth::{Authenticator, Caller};
 use ordering_platform::http::layers::trace_id_of;
 use ordering_platform::problem::Problem;
 use ordering_schema::consistency::{ConsistencyKey, ConsistencyToken, VersionMark};
+use uuid::Uuid;
 
 /// A parsed `If-Match` precondition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +62,8 @@ pub struct CommandMeta {
     pub idempotency_key: Option<String>,
     /// A well-formed W3C `traceparent`, stored with the command's events.
     pub traceparent: Option<String>,
-    /// `METHOD path`: the scope of an idempotency key, with the caller.
+    /// The scope of an idempotency key, with the caller: `METHOD path`, with the ids in the
+    /// path written as canonical UUIDs however the client spelled them.
     pub target: String,
     /// Signs the answer's consistency token.
     pub consistency: ConsistencyKey,
@@ -98,6 +101,26 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Pro
         .map_err(|_| invalid_header(name, "it must be visible ASCII"))
 }
 
+/// `METHOD path` with the route's path ids parsed as UUIDs and written canonically, so the
+/// spellings of one id (upper-case, without hyphens, `urn:uuid:`, braced) name one target and a
+/// key applies once whichever is used. An id that is not a UUID is kept as sent: such a request
+/// is 404, and remembering it under its own spelling harms nothing. Outside a matched route
+/// (never, for a command), the raw path.
+async fn idempotency_target<S: Send + Sync>(parts: &mut Parts, state: &S) -> String {
+    let Some(route) = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_owned()) else {
+        return format!("{} {}", parts.method, parts.uri.path());
+    };
+    let mut path = route;
+    // Not UTF-8 after decoding: not a UUID either, and the handler answers 404.
+    if let Ok(params) = RawPathParams::from_request_parts(parts, state).await {
+        for (name, value) in &params {
+            let id = Uuid::try_parse(value).map_or_else(|_| value.to_owned(), |id| id.to_string());
+            path = path.replace(&format!("{{{name}}}"), &id);
+        }
+    }
+    format!("{} {path}", parts.method)
+}
+
 /// Parses the idempotency key rule of the contract: 1 to 255 visible ASCII characters.
 pub fn parse_idempotency_key(v: &str) -> Option<&str> {
     (!v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic())).then_some(v)
@@ -133,7 +156,7 @@ where
             .map(str::trim)
             .filter(|v| trace_id_of(v).is_some())
             .map(str::to_owned);
-        let target = format!("{} {}", parts.method, parts.uri.path());
+        let target = idempotency_target(parts, state).await;
         Ok(Self {
             caller,
             if_match,
