@@ -2,14 +2,15 @@
 //!
 //! The write-api hands one out with every successful command; the read-api waits until its
 //! views have reached every version named in it. To clients it is an opaque string. Inside it
-//! is the `sub` of the caller it was issued to and a list of (aggregate type, aggregate id,
+//! is the customer it is bound to (whose order the command changed, else the caller's `sub`)
+//! and a list of (aggregate type, aggregate id,
 //! version) marks, one per aggregate the command changed, packed in 25 bytes each, signed with
 //! HMAC-SHA256 ([`ConsistencyKey`], shared by both APIs) and base64url-encoded behind a format
 //! prefix. Verifying refuses anything malformed, unsigned, altered or longer than
 //! [`MAX_MARKS`], so no client can name versions that were never issued, and a token can
 //! never make a reader wait for more than one command's worth of views. The reader decides
 //! which marks the caller may use (see the read-api's `http` module): product marks are
-//! anyone's, order marks only the issued-to caller's (or an admin's).
+//! anyone's, order marks only the bound customer's (or an admin's).
 
 use std::sync::Arc;
 
@@ -43,7 +44,8 @@ pub struct VersionMark {
 /// A consistency token's content.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConsistencyToken {
-    /// The `sub` of the caller the token was issued to.
+    /// Whose order marks these are: the customer whose order the command changed, else the
+    /// `sub` of the caller it was issued to.
     pub subject: Uuid,
     pub marks: Vec<VersionMark>,
 }

@@ -4,7 +4,7 @@
 //! Every endpoint honours `X-Consistency-Token`: one not signed with `CONSISTENCY_SECRET`
 //! (forged or altered) is 400 `invalid_header` before anything else. Of a valid token, a reader
 //! uses only the marks it may read: product marks (the catalog is public) always; order marks
-//! only when the caller is the one the token was issued to, or an admin. The others are
+//! only when the caller is the customer the token is bound to, or an admin. The others are
 //! dropped, so a token naming an order the caller may not read is answered exactly as if it
 //! had not been sent, without waiting, and reveals nothing about that order.
 

@@ -6,7 +6,8 @@
 //! - a token bound to another customer names nothing this caller may read: it is answered as
 //!   if it were not sent, without waiting;
 //! - `GET /v1/products` (lists and searches) honours the token too;
-//! - the write-api signs what it issues, bound to the caller's `sub`.
+//! - the write-api signs what it issues, bound to the customer whose order it changed (else to
+//!   the caller's `sub`), so an admin's token for a customer's order serves that customer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -220,7 +221,7 @@ async fn product_lists_and_searches_honour_the_token() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_write_api_signs_tokens_bound_to_the_caller() {
+async fn the_write_api_signs_tokens_bound_to_the_orders_customer() {
     let app = WriteApp::start().await;
     let admin = Uuid::now_v7();
     let admin_bearer = token_with(&admin.to_string(), "admin", 600, SECRET);
@@ -249,4 +250,9 @@ async fn the_write_api_signs_tokens_bound_to_the_caller() {
     // Signed with the shared key: with any other, it is not a token.
     let raw = placed.header("x-consistency-token").unwrap();
     assert!(ConsistencyKey::new(b"another-secret-0123456789").verify(raw).is_err());
+    // An admin's command on a customer's order: bound to that customer, whose own read of the
+    // order must wait for it (the admin hands the token on), not to the admin.
+    let for_customer = app.place_order(&admin_bearer, Some(customer), &[(&pid, 1)]).await;
+    assert_eq!(for_customer.status, 201, "{}", for_customer.text);
+    assert_eq!(for_customer.consistency_token().subject, customer);
 }

@@ -28,7 +28,13 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 async fn hyper_answers_malformed_heads_itself_with_an_empty_body_and_keeps_serving() {
     let db = TestDatabase::new().await;
     let limits = HttpLimits::default();
-    let state = write_api::AppState::new(db.url(), 2, Authenticator::hs256(SECRET.as_bytes()), &limits);
+    let state = write_api::AppState::new(
+        db.url(),
+        2,
+        Authenticator::hs256(SECRET.as_bytes()),
+        ordering_tests::write_app::consistency_key(),
+        &limits,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(ordering_platform::http::serve(

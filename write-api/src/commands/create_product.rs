@@ -56,6 +56,7 @@ impl Command for CreateProduct {
             p,
             p.version,
             Some(format!("/v1/products/{}", p.id)),
+            None,
             vec![VersionMark {
                 aggregate: AggregateType::Product,
                 id: p.id,

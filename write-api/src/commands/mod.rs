@@ -128,6 +128,7 @@ pub fn product_reply(product: &Product, meta: &CommandMeta) -> Result<Reply, Api
         p,
         p.version,
         None,
+        None,
         vec![VersionMark {
             aggregate: AggregateType::Product,
             id: p.id,
@@ -184,7 +185,7 @@ pub fn order_reply(
             version: e.sequence(),
         })
         .collect();
-    Reply::success(status, o, o.version, location, marks, meta)
+    Reply::success(status, o, o.version, location, Some(o.customer_id), marks, meta)
 }
 
 /// Locks order `id`, checks visibility and `If-Match`, applies a status `change` that touches

@@ -70,10 +70,13 @@ pub struct CommandMeta {
 }
 
 impl CommandMeta {
-    /// The consistency token covering `marks`, bound to the caller.
-    pub fn consistency_token(&self, marks: Vec<VersionMark>) -> String {
+    /// The consistency token covering `marks`, bound to the customer whose orders they name
+    /// (`owner`), else to the caller. Bound to the owner, not to whoever issued the command: an
+    /// admin who ships a customer's order hands the token on, and the customer's own read must
+    /// wait for it; anyone else's read ignores its order marks.
+    pub fn consistency_token(&self, owner: Option<Uuid>, marks: Vec<VersionMark>) -> String {
         self.consistency.sign(&ConsistencyToken {
-            subject: self.caller.subject,
+            subject: owner.unwrap_or(self.caller.subject),
             marks,
         })
     }

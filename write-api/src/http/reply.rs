@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use ordering_platform::problem::PROBLEM_JSON;
 use ordering_schema::consistency::VersionMark;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::http::meta::CommandMeta;
@@ -23,12 +24,14 @@ pub struct Reply {
 impl Reply {
     /// The answer of a successful command of `meta`'s caller on an aggregate now at `version`,
     /// whose changes are covered by `marks`: the consistency token names them, signed and bound
-    /// to the caller.
+    /// to `owner`, the customer whose order the command changed (see
+    /// [`CommandMeta::consistency_token`]).
     pub fn success(
         status: StatusCode,
         body: &impl Serialize,
         version: i64,
         location: Option<String>,
+        owner: Option<Uuid>,
         marks: Vec<VersionMark>,
         meta: &CommandMeta,
     ) -> Result<Self, ApiError> {
@@ -37,7 +40,7 @@ impl Reply {
         let mut headers = vec![
             (header::CONTENT_TYPE.to_string(), "application/json".to_owned()),
             (header::ETAG.to_string(), format!("\"{version}\"")),
-            (CONSISTENCY_TOKEN.to_string(), meta.consistency_token(marks)),
+            (CONSISTENCY_TOKEN.to_string(), meta.consistency_token(owner, marks)),
         ];
         if let Some(location) = location {
             headers.push((header::LOCATION.to_string(), location));
