@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::announcement::{self, Announcement, NOTIFY_CHANNEL};
-use crate::cache::{Cache, Kind};
+use crate::cache::Cache;
 use crate::views;
 
 type Key = (AggregateType, Uuid);
@@ -190,11 +190,7 @@ async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>,
 pub fn dispatch(hub: &Hub, cache: &Cache, a: Announcement) {
     match a {
         Announcement::Applied { aggregate, id, version } => {
-            let kind = match aggregate {
-                AggregateType::Product => Kind::Product,
-                AggregateType::Order => Kind::Order,
-            };
-            cache.invalidate_local(kind, id, version);
+            cache.invalidate_local(aggregate, id, version);
             hub.announce(aggregate, id, version);
         }
         Announcement::Rebuilt => {

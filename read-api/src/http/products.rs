@@ -4,13 +4,13 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use ordering_platform::problem::Problem;
-use ordering_schema::events::ProductData;
+use ordering_schema::events::{AggregateType, ProductData};
 use uuid::Uuid;
 
 use super::schemas::ProductPage;
 use super::{answer, consistent_view, etag_of_body, limit_param, page_body, query_params};
 use crate::app::AppState;
-use crate::cache::{Kind, Source};
+use crate::cache::Source;
 use crate::error::{ReadError, field};
 use crate::views::{self, ProductFilter, ProductKey, ProductSort};
 
@@ -34,7 +34,7 @@ pub async fn get_product(
 ) -> Result<Response, ReadError> {
     // The headers are read in place (a `HeaderMap` argument would be a copy).
     let headers = request.headers();
-    let (entry, source) = consistent_view(&app, headers, Kind::Product, &id).await?;
+    let (entry, source) = consistent_view(&app, headers, AggregateType::Product, &id).await?;
     Ok(answer(headers, entry.body, entry.etag, source))
 }
 
