@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::announcement::{self, Announcement, NOTIFY_CHANNEL};
 use crate::cache::Cache;
+use crate::error::StoreError;
 use crate::views;
 
 type Key = (AggregateType, Uuid);
@@ -72,8 +73,8 @@ impl Drop for Registration {
 pub enum WaitError {
     #[error("the views did not reflect the command in time")]
     Timeout,
-    #[error("reading view versions: {0}")]
-    Database(String),
+    #[error("reading view versions")]
+    Database(#[from] StoreError),
 }
 
 impl Hub {
@@ -156,8 +157,8 @@ impl Hub {
 }
 
 /// The marks the views do not reflect yet.
-async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>, WaitError> {
-    let mut conn = pool.get().await.map_err(|e| WaitError::Database(e.to_string()))?;
+async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>, StoreError> {
+    let mut conn = pool.get().await?;
     let mut out = Vec::new();
     for (aggregate, table) in [
         (AggregateType::Product, "rv_products"),
@@ -171,11 +172,7 @@ async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>,
         if ids.is_empty() {
             continue;
         }
-        let have: HashMap<Uuid, i64> = views::versions(&mut conn, table, &ids)
-            .await
-            .map_err(|e| WaitError::Database(e.to_string()))?
-            .into_iter()
-            .collect();
+        let have: HashMap<Uuid, i64> = views::versions(&mut conn, table, &ids).await?.into_iter().collect();
         out.extend(
             marks
                 .iter()

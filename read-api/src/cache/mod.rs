@@ -36,8 +36,9 @@ use axum::http::HeaderValue;
 use ordering_schema::events::AggregateType;
 use uuid::Uuid;
 
+use crate::error::StoreError;
 pub use entry::{Entry, etag_of_version};
-pub use redis_tier::RedisUrlError;
+pub use redis_tier::{DropError, RedisUrlError};
 
 use local::LocalTier;
 use pending::PendingWrites;
@@ -63,10 +64,21 @@ impl Source {
     }
 }
 
-/// Why a view could not be read (PostgreSQL failed; Redis failures never surface).
+/// Why a view could not be read (PostgreSQL failed; Redis failures never surface). Cloned
+/// to every request that waited on the same miss, hence the `Arc`.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LoadError(pub Arc<str>);
+pub enum LoadError {
+    #[error("reading the view")]
+    Store(#[source] Arc<StoreError>),
+    #[error("cache lock poisoned")]
+    LockPoisoned,
+}
+
+impl From<StoreError> for LoadError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(Arc::new(e))
+    }
+}
 
 struct Inner {
     redis: RedisTier,
@@ -139,7 +151,7 @@ impl Cache {
 
     /// Deletes every key under the prefix (after a rebuild replaced the views they cached).
     /// Returns how many were deleted; `Err` if Redis could not be reached.
-    pub async fn drop_all(&self) -> Result<u64, String> {
+    pub async fn drop_all(&self) -> Result<u64, DropError> {
         self.clear_local();
         self.inner
             .redis

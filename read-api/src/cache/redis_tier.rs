@@ -2,6 +2,7 @@
 //! guarded by the shared circuit breaker, every write a compare-and-set (a Lua script) on
 //! the version or the customer's revision.
 
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,6 +12,8 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use ordering_platform::breaker::Breaker;
+
+use crate::error::ErrorChain;
 
 /// Stores a view unless the key holds one as new (the version leads the encoded entry).
 const SET_IF_NEWER: &str = r"
@@ -92,12 +95,23 @@ enum Client {
 
 /// Why a Redis URL can not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RedisUrlError(String);
+#[error(transparent)]
+pub struct RedisUrlError(#[from] redis::RedisError);
+
+/// Why the cache's keys could not be dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum DropError {
+    #[error("Redis failed")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected answer from Redis")]
+    Answer(#[from] redis::ParsingError),
+    /// The cluster described its slots in a way this client does not read.
+    #[error("CLUSTER SLOTS: {0}")]
+    ClusterSlots(String),
+}
 
 impl Client {
     fn open(url: &str, timeout: Duration) -> Result<Self, RedisUrlError> {
-        let bad = |e: redis::RedisError| RedisUrlError(e.to_string());
         let cluster_nodes: Option<Vec<String>> = if let Some(rest) = url.strip_prefix("redis+cluster://") {
             Some(rest.split(',').map(|n| format!("redis://{}", n.trim())).collect())
         } else if url.contains(',') {
@@ -110,24 +124,21 @@ impl Client {
                 let client = redis::cluster::ClusterClient::builder(nodes)
                     .connection_timeout(timeout.max(Duration::from_millis(200)))
                     .response_timeout(timeout)
-                    .build()
-                    .map_err(bad)?;
+                    .build()?;
                 Ok(Self::Cluster {
                     client: Box::new(client),
                     conn: tokio::sync::OnceCell::new(),
                 })
             }
             None => {
-                let client = redis::Client::open(url).map_err(bad)?;
+                let client = redis::Client::open(url)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
                     .set_response_timeout(Some(timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(200));
                 // Lazy: the service starts (and serves from PostgreSQL) while Redis is down.
-                Ok(Self::Single(
-                    ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?,
-                ))
+                Ok(Self::Single(ConnectionManager::new_lazy_with_config(client, config)?))
             }
         }
     }
@@ -195,21 +206,21 @@ impl RedisTier {
                 Some(v)
             }
             Ok(Err(e)) => {
-                self.failed(&e.to_string());
+                self.failed(&ErrorChain(&e));
                 None
             }
             Err(_) => {
-                self.failed("no answer within REDIS_TIMEOUT_MS");
+                self.failed(&"no answer within REDIS_TIMEOUT_MS");
                 None
             }
         }
     }
 
-    fn failed(&self, why: &str) {
+    fn failed(&self, why: &dyn fmt::Display) {
         self.errors.increment(1);
         self.breaker.failure();
         if self.ok.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = why, "Redis unavailable: answering from PostgreSQL");
+            tracing::warn!(error = %why, "Redis unavailable: answering from PostgreSQL");
         }
     }
 
@@ -298,8 +309,8 @@ impl RedisTier {
 
     /// Deletes every key matching `pattern`, on every primary, past the breaker. Returns how
     /// many were deleted; `Err` if Redis could not be reached.
-    pub(super) async fn delete_matching(&self, pattern: &str) -> Result<u64, String> {
-        let mut conn = self.client.conn().await.map_err(|e| e.to_string())?;
+    pub(super) async fn delete_matching(&self, pattern: &str) -> Result<u64, DropError> {
+        let mut conn = self.client.conn().await?;
         // SCAN walks the keyspace of one node only, and a cluster client sends a keyless
         // command to any node (each call possibly another, where the cursor means nothing):
         // left to it, a rebuild would drop one node's keys while the others go on serving
@@ -317,17 +328,13 @@ impl RedisTier {
                 scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
                 let (next, keys): (u64, Vec<String>) = match (&mut conn, &route) {
                     (Conn::Cluster(c), Some(route)) => {
-                        let v = c.route_command(scan, route.clone()).await.map_err(|e| e.to_string())?;
-                        redis::from_redis_value(v).map_err(|e| e.to_string())?
+                        let v = c.route_command(scan, route.clone()).await?;
+                        redis::from_redis_value(v)?
                     }
-                    _ => scan.query_async(&mut conn).await.map_err(|e| e.to_string())?,
+                    _ => scan.query_async(&mut conn).await?,
                 };
                 for k in keys {
-                    let n: u64 = redis::cmd("DEL")
-                        .arg(&k)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let n: u64 = redis::cmd("DEL").arg(&k).query_async(&mut conn).await?;
                     deleted += n;
                 }
                 if next == 0 {
@@ -342,30 +349,29 @@ impl RedisTier {
 
 /// One route per primary of the cluster: to the first slot of a range it serves (per
 /// `CLUSTER SLOTS`, which every Redis Cluster version answers).
-async fn primary_routes(conn: &mut redis::cluster_async::ClusterConnection) -> Result<Vec<RoutingInfo>, String> {
+async fn primary_routes(conn: &mut redis::cluster_async::ClusterConnection) -> Result<Vec<RoutingInfo>, DropError> {
     let mut slots = redis::cmd("CLUSTER");
     slots.arg("SLOTS");
     let raw = conn
         .route_command(slots, RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary))
-        .await
-        .map_err(|e| e.to_string())?;
-    let ranges: Vec<Vec<Value>> = redis::from_redis_value(raw).map_err(|e| e.to_string())?;
+        .await?;
+    let ranges: Vec<Vec<Value>> = redis::from_redis_value(raw)?;
     let mut seen = std::collections::HashSet::new();
     let mut routes = Vec::new();
     for range in ranges {
         let (Some(start), Some(primary)) = (range.first(), range.get(2)) else {
-            return Err("CLUSTER SLOTS: a range without a primary".to_owned());
+            return Err(DropError::ClusterSlots("a range without a primary".to_owned()));
         };
-        let start: u16 = redis::from_redis_value(start.clone()).map_err(|e| e.to_string())?;
-        let primary: Vec<Value> = redis::from_redis_value(primary.clone()).map_err(|e| e.to_string())?;
+        let start: u16 = redis::from_redis_value(start.clone())?;
+        let primary: Vec<Value> = redis::from_redis_value(primary.clone())?;
         let addr: (String, u16) = match (primary.first(), primary.get(1)) {
             (Some(host), Some(port)) => (
-                redis::from_redis_value(host.clone()).map_err(|e| e.to_string())?,
-                redis::from_redis_value(port.clone()).map_err(|e| e.to_string())?,
+                redis::from_redis_value(host.clone())?,
+                redis::from_redis_value(port.clone())?,
             ),
-            _ => return Err("CLUSTER SLOTS: a primary without an address".to_owned()),
+            _ => return Err(DropError::ClusterSlots("a primary without an address".to_owned())),
         };
-        let slot = Slot::new(start).ok_or_else(|| format!("CLUSTER SLOTS: no slot {start}"))?;
+        let slot = Slot::new(start).ok_or_else(|| DropError::ClusterSlots(format!("no slot {start}")))?;
         if seen.insert(addr) {
             routes.push(RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                 Route::with_slot(slot, SlotAddr::Master),

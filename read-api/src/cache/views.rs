@@ -59,7 +59,7 @@ impl Cache {
         let need = min_version.max(floor);
         let flight = {
             let Ok(mut flights) = self.inner.flights.lock() else {
-                return Err(LoadError("cache lock poisoned".into()));
+                return Err(LoadError::LockPoisoned);
             };
             match flights.get(&key) {
                 Some(f) => f.clone(),

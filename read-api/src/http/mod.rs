@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::cache::{Entry, LoadError, Source};
-use crate::error::{ReadError, field};
+use crate::error::{ReadError, StoreError, field};
 use crate::views;
 
 /// `X-Consistency-Token`.
@@ -75,12 +75,12 @@ pub async fn consistent_view(
     let load = move || {
         let pool = pool.clone();
         async move {
-            let mut conn = pool.get().await.map_err(|e| LoadError(e.to_string().into()))?;
+            let mut conn = pool.get().await.map_err(StoreError::from)?;
             let view = match aggregate {
                 AggregateType::Product => views::product(&mut conn, id).await,
                 AggregateType::Order => views::order(&mut conn, id).await,
             };
-            view.map_err(|e| LoadError(e.to_string().into()))
+            view.map_err(|e| LoadError::from(StoreError::from(e)))
         }
     };
     let (entry, source) = app.cache.view(aggregate, id, min_version, load).await?;

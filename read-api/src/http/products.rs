@@ -145,10 +145,8 @@ pub async fn list_products(
     if !errors.is_empty() {
         return Err(ReadError::Validation(errors));
     }
-    let mut conn = app.pool.get().await.map_err(|e| ReadError::Store(e.to_string()))?;
-    let mut rows = views::products(&mut conn, &filter, sort, after, limit + 1)
-        .await
-        .map_err(|e| ReadError::Store(e.to_string()))?;
+    let mut conn = app.pool.get().await?;
+    let mut rows = views::products(&mut conn, &filter, sort, after, limit + 1).await?;
     drop(conn);
     let more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));

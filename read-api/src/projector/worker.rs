@@ -18,6 +18,7 @@ use super::failure::{self, CommitError, Failure};
 use super::parking::{self, Parked, ToPark};
 use super::{Event, Key, Parsed, Projector, Work, apply_all, parse};
 use crate::announcement::Announcement;
+use crate::error::{ErrorChain, StoreError};
 use crate::views::{self, Continuity, Outcome, StoredView, Tables};
 
 /// The most deliveries one worker applies in one transaction.
@@ -200,7 +201,7 @@ impl Projector {
         keys.sort_unstable_by_key(|(a, id)| (*a == AggregateType::Order, *id));
         keys.dedup();
         let read = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = self.pool.get().await?;
             let mut views = Vec::new();
             let mut customers = Vec::new();
             for (aggregate, id) in keys {
@@ -208,21 +209,19 @@ impl Projector {
                     AggregateType::Product => views::product(&mut conn, id).await,
                     AggregateType::Order => views::order(&mut conn, id).await,
                 };
-                let Some(view) = view.map_err(|e| e.to_string())? else {
+                let Some(view) = view? else {
                     continue;
                 };
                 if let Some(customer) = view.owner {
-                    let revision = views::customer_revision(&mut conn, customer)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let revision = views::customer_revision(&mut conn, customer).await?;
                     customers.push((customer, revision));
                 }
                 views.push((aggregate, id, view));
             }
-            Ok::<_, String>((views, customers))
+            Ok::<_, StoreError>((views, customers))
         };
         read.await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read redelivered events' views back; their cache entries age out");
+            tracing::warn!(error = %ErrorChain(&e), "cannot read redelivered events' views back; their cache entries age out");
             (Vec::new(), Vec::new())
         })
     }
