@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::announcement::{self, Announcement, NOTIFY_CHANNEL};
-use crate::cache::{Cache, Kind};
+use crate::cache::Cache;
+use crate::error::StoreError;
 use crate::views;
 
 type Key = (AggregateType, Uuid);
@@ -80,8 +81,8 @@ pub enum WaitError {
     Timeout,
     #[error("too many requests are waiting for the views")]
     TooManyWaiters,
-    #[error("reading view versions: {0}")]
-    Database(String),
+    #[error("reading view versions")]
+    Database(#[from] StoreError),
 }
 
 impl Hub {
@@ -179,8 +180,8 @@ impl Hub {
 }
 
 /// The marks the views do not reflect yet.
-async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>, WaitError> {
-    let mut conn = pool.get().await.map_err(|e| WaitError::Database(e.to_string()))?;
+async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>, StoreError> {
+    let mut conn = pool.get().await?;
     let mut out = Vec::new();
     for (aggregate, table) in [
         (AggregateType::Product, "rv_products"),
@@ -194,11 +195,7 @@ async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>,
         if ids.is_empty() {
             continue;
         }
-        let have: HashMap<Uuid, i64> = views::versions(&mut conn, table, &ids)
-            .await
-            .map_err(|e| WaitError::Database(e.to_string()))?
-            .into_iter()
-            .collect();
+        let have: HashMap<Uuid, i64> = views::versions(&mut conn, table, &ids).await?.into_iter().collect();
         out.extend(
             marks
                 .iter()
@@ -213,11 +210,7 @@ async fn unmet(pool: &PgPool, marks: &[VersionMark]) -> Result<Vec<VersionMark>,
 pub fn dispatch(hub: &Hub, cache: &Cache, a: Announcement) {
     match a {
         Announcement::Applied { aggregate, id, version } => {
-            let kind = match aggregate {
-                AggregateType::Product => Kind::Product,
-                AggregateType::Order => Kind::Order,
-            };
-            cache.invalidate_local(kind, id, version);
+            cache.invalidate_local(aggregate, id, version);
             hub.announce(aggregate, id, version);
         }
         Announcement::Rebuilt => {

@@ -1,7 +1,11 @@
-//! The read-api's one error type and its problem+json mapping.
+//! The read-api's errors, their problem+json mapping, and how their causes are logged.
+
+use std::error::Error;
+use std::fmt;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use diesel_async::pooled_connection::deadpool::PoolError;
 use ordering_platform::problem::{FieldProblem, Problem};
 
 use crate::cache::LoadError;
@@ -26,16 +30,36 @@ pub enum ReadError {
     #[error("too many requests are waiting for the views")]
     TooManyWaiters,
     /// 503: PostgreSQL could not answer.
-    #[error("view store unavailable: {0}")]
-    Store(String),
+    #[error("view store unavailable")]
+    Store(#[from] StoreError),
+    /// 503: PostgreSQL could not answer a read made through the cache.
+    #[error("view store unavailable")]
+    Load(#[from] LoadError),
     /// Authentication failed (its problem is already made).
     #[error("unauthorized")]
     Auth(Problem),
 }
 
-impl From<LoadError> for ReadError {
-    fn from(e: LoadError) -> Self {
-        Self::Store(e.0.to_string())
+/// Why PostgreSQL could not answer a read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection could be had from the pool.
+    #[error("no connection to the view store")]
+    Connection(#[from] PoolError),
+    /// A query failed.
+    #[error("view store query failed")]
+    Query(#[from] diesel::result::Error),
+}
+
+impl From<PoolError> for ReadError {
+    fn from(e: PoolError) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<diesel::result::Error> for ReadError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Store(e.into())
     }
 }
 
@@ -44,9 +68,30 @@ impl From<WaitError> for ReadError {
         match e {
             WaitError::Timeout => Self::NotYetConsistent,
             WaitError::TooManyWaiters => Self::TooManyWaiters,
-            WaitError::Database(m) => Self::Store(m),
+            WaitError::Database(e) => Self::Store(e),
         }
     }
+}
+
+/// An error and its sources, `: `-separated, for logs (the JSON log format records an error
+/// field by its `Display` alone).
+pub struct ErrorChain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(cause: &(dyn Error + 'static)) -> Problem {
+    tracing::warn!(error = %ErrorChain(cause), "view store unavailable");
+    Problem::unavailable("the views are unavailable right now; retry shortly")
 }
 
 impl From<Problem> for ReadError {
@@ -77,10 +122,8 @@ impl From<ReadError> for Problem {
                 "too many requests are waiting for the views to reflect their commands; retry shortly",
             )
             .with_retry_after(1),
-            ReadError::Store(detail) => {
-                tracing::warn!(error = %detail, "view store unavailable");
-                Problem::unavailable("the views are unavailable right now; retry shortly")
-            }
+            ReadError::Store(e) => unavailable(&e),
+            ReadError::Load(e) => unavailable(&e),
             ReadError::Auth(p) => p,
         }
     }
@@ -97,5 +140,26 @@ pub fn field(name: &str, message: impl Into<String>) -> FieldProblem {
     FieldProblem {
         field: name.to_owned(),
         message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::LoadError;
+
+    #[test]
+    fn store_failures_keep_their_source_and_answer_503() {
+        let direct = ReadError::from(diesel::result::Error::NotFound);
+        let cached = ReadError::from(LoadError::from(StoreError::from(diesel::result::Error::NotFound)));
+        for e in [direct, cached] {
+            assert!(
+                ErrorChain(&e).to_string().ends_with(": Record not found"),
+                "{}",
+                ErrorChain(&e)
+            );
+            let p = Problem::from(e);
+            assert_eq!((p.status, p.code.as_str()), (503, "service_unavailable"));
+        }
     }
 }

@@ -30,6 +30,7 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::announcement::{Announcement, NOTIFY_CHANNEL};
 use crate::cache::Cache;
+use crate::error::ErrorChain;
 use crate::projector::{self, Parsed};
 use crate::views::{Continuity, Outcome, Tables};
 
@@ -226,7 +227,7 @@ pub async fn run(
     if let Some(cache) = cache {
         match cache.drop_all().await {
             Ok(n) => report.cache_keys_dropped = n,
-            Err(e) => tracing::warn!(error = %e, "could not drop the cache entries; they expire by TTL"),
+            Err(e) => tracing::warn!(error = %ErrorChain(&e), "could not drop the cache entries; they expire by TTL"),
         }
     }
     Ok(report)

@@ -112,15 +112,11 @@ pub async fn list_orders(
         let etag = etag_of_body(&body);
         return Ok(answer(&headers, body, etag, Source::Hit));
     }
-    let mut conn = app.pool.get().await.map_err(|e| ReadError::Store(e.to_string()))?;
+    let mut conn = app.pool.get().await?;
     // The revision first: the rows read after it are at least that fresh, so the cache can
     // never label older rows with a newer revision.
-    let revision = views::customer_revision(&mut conn, customer)
-        .await
-        .map_err(|e| ReadError::Store(e.to_string()))?;
-    let mut rows = views::customer_orders(&mut conn, customer, status, after, limit + 1)
-        .await
-        .map_err(|e| ReadError::Store(e.to_string()))?;
+    let revision = views::customer_revision(&mut conn, customer).await?;
+    let mut rows = views::customer_orders(&mut conn, customer, status, after, limit + 1).await?;
     drop(conn);
     let more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));
@@ -163,13 +159,9 @@ pub async fn summary(
         let etag = etag_of_body(&body);
         return Ok(answer(&headers, body, etag, Source::Hit));
     }
-    let mut conn = app.pool.get().await.map_err(|e| ReadError::Store(e.to_string()))?;
-    let revision = views::customer_revision(&mut conn, customer)
-        .await
-        .map_err(|e| ReadError::Store(e.to_string()))?;
-    let summary = views::customer_summary(&mut conn, customer)
-        .await
-        .map_err(|e| ReadError::Store(e.to_string()))?;
+    let mut conn = app.pool.get().await?;
+    let revision = views::customer_revision(&mut conn, customer).await?;
+    let summary = views::customer_summary(&mut conn, customer).await?;
     drop(conn);
     let body = Bytes::from(serde_json::to_vec(&summary).unwrap_or_default());
     app.cache.customer_fill(customer, revision, "summary", &body).await;

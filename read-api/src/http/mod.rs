@@ -26,8 +26,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::cache::{Entry, Kind, LoadError, Source};
-use crate::error::{ReadError, field};
+use crate::cache::{Entry, LoadError, Source};
+use crate::error::{ReadError, StoreError, field};
 use crate::views;
 
 /// `X-Consistency-Token`.
@@ -73,20 +73,17 @@ pub async fn await_consistency(app: &AppState, marks: Option<&[VersionMark]>) ->
     }
 }
 
-/// The single view `kind` named by the path id `raw_id`, as the request of `caller` may see
-/// it: after waiting for its consistency token, and never older than the version the token
+/// The single view of `aggregate` named by the path id `raw_id`, as the request of `caller` may
+/// see it: after waiting for its consistency token, and never older than the version the token
 /// names for this aggregate (a cached entry from before the caller's own write is not served).
 pub async fn consistent_view(
     app: &AppState,
     headers: &HeaderMap,
     caller: Option<&Caller>,
-    kind: Kind,
+    aggregate: AggregateType,
     raw_id: &str,
 ) -> Result<(Entry, Source), ReadError> {
-    let (what, aggregate) = match kind {
-        Kind::Product => ("product", AggregateType::Product),
-        Kind::Order => ("order", AggregateType::Order),
-    };
+    let what = aggregate.as_str();
     let marks = consistency_marks(app, headers, caller)?;
     let id = path_id(raw_id, what)?;
     await_consistency(app, marks.as_deref()).await?;
@@ -101,15 +98,15 @@ pub async fn consistent_view(
     let load = move || {
         let pool = pool.clone();
         async move {
-            let mut conn = pool.get().await.map_err(|e| LoadError(e.to_string().into()))?;
-            let view = match kind {
-                Kind::Product => views::product(&mut conn, id).await,
-                Kind::Order => views::order(&mut conn, id).await,
+            let mut conn = pool.get().await.map_err(StoreError::from)?;
+            let view = match aggregate {
+                AggregateType::Product => views::product(&mut conn, id).await,
+                AggregateType::Order => views::order(&mut conn, id).await,
             };
-            view.map_err(|e| LoadError(e.to_string().into()))
+            view.map_err(|e| LoadError::from(StoreError::from(e)))
         }
     };
-    let (entry, source) = app.cache.view(kind, id, min_version, load).await?;
+    let (entry, source) = app.cache.view(aggregate, id, min_version, load).await?;
     Ok((entry.ok_or(ReadError::NotFound(what))?, source))
 }
 

@@ -10,8 +10,8 @@ use ordering_platform::problem::Problem;
 use super::schemas::OrderView;
 use super::{answer, consistent_view};
 use crate::app::AppState;
-use crate::cache::Kind;
 use crate::error::ReadError;
+use ordering_schema::events::AggregateType;
 
 /// Reads one order view with its status history.
 #[utoipa::path(
@@ -35,7 +35,7 @@ pub async fn get_order(
     PathId(id): PathId,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let (entry, source) = consistent_view(&app, &headers, Some(&caller), Kind::Order, &id).await?;
+    let (entry, source) = consistent_view(&app, &headers, Some(&caller), AggregateType::Order, &id).await?;
     // Another customer's order does not exist, as far as this caller can tell.
     if !caller.is_admin() && entry.owner != Some(caller.subject) {
         return Err(ReadError::NotFound("order"));

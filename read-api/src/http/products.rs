@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use ordering_platform::http::path::PathId;
 use ordering_platform::problem::Problem;
-use ordering_schema::events::ProductData;
+use ordering_schema::events::{AggregateType, ProductData};
 use uuid::Uuid;
 
 use super::schemas::ProductPage;
@@ -13,7 +13,7 @@ use super::{
     answer, await_consistency, consistency_marks, consistent_view, etag_of_body, limit_param, page_body, query_params,
 };
 use crate::app::AppState;
-use crate::cache::{Kind, Source};
+use crate::cache::Source;
 use crate::error::{ReadError, field};
 use crate::views::{self, ProductFilter, ProductKey, ProductSort};
 
@@ -37,7 +37,7 @@ pub async fn get_product(
 ) -> Result<Response, ReadError> {
     // The headers are read in place (a `HeaderMap` argument would be a copy).
     let headers = request.headers();
-    let (entry, source) = consistent_view(&app, headers, None, Kind::Product, &id).await?;
+    let (entry, source) = consistent_view(&app, headers, None, AggregateType::Product, &id).await?;
     Ok(answer(headers, entry.body, entry.etag, source))
 }
 
@@ -155,10 +155,8 @@ pub async fn list_products(
         return Err(ReadError::Validation(errors));
     }
     await_consistency(&app, marks.as_deref()).await?;
-    let mut conn = app.pool.get().await.map_err(|e| ReadError::Store(e.to_string()))?;
-    let mut rows = views::products(&mut conn, &filter, sort, after, limit + 1)
-        .await
-        .map_err(|e| ReadError::Store(e.to_string()))?;
+    let mut conn = app.pool.get().await?;
+    let mut rows = views::products(&mut conn, &filter, sort, after, limit + 1).await?;
     drop(conn);
     let more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));

@@ -18,7 +18,7 @@ use super::failure::{self, CommitError, Failure};
 use super::parking::{self, Parked, ToPark};
 use super::{Event, Key, Parsed, Projector, Work, apply_all, parse};
 use crate::announcement::Announcement;
-use crate::cache::Kind;
+use crate::error::{ErrorChain, StoreError};
 use crate::views::{self, Continuity, Outcome, StoredView, Tables};
 
 /// The most deliveries one worker applies in one transaction.
@@ -180,13 +180,7 @@ impl Projector {
         }
         let views = views
             .into_iter()
-            .map(|((aggregate, id), (version, owner, doc))| {
-                let kind = match aggregate {
-                    AggregateType::Product => Kind::Product,
-                    AggregateType::Order => Kind::Order,
-                };
-                (kind, id, StoredView { version, owner, doc })
-            })
+            .map(|((aggregate, id), (version, owner, doc))| (aggregate, id, StoredView { version, owner, doc }))
             .chain(refreshed.drain(..))
             .collect();
         self.cache.publish_views(views).await;
@@ -200,36 +194,34 @@ impl Projector {
     /// cache: the cache may still hold the view before that batch, and without a refresh would
     /// serve it until its TTL. Redeliveries are rare, so reading their views back costs little.
     /// A failure only logs: the entries then age out with their TTL.
-    async fn committed_views(&self, mut keys: Vec<Key>) -> (Vec<(Kind, Uuid, StoredView)>, Vec<(Uuid, i64)>) {
+    async fn committed_views(&self, mut keys: Vec<Key>) -> (Vec<(AggregateType, Uuid, StoredView)>, Vec<(Uuid, i64)>) {
         if keys.is_empty() {
             return (Vec::new(), Vec::new());
         }
         keys.sort_unstable_by_key(|(a, id)| (*a == AggregateType::Order, *id));
         keys.dedup();
         let read = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = self.pool.get().await?;
             let mut views = Vec::new();
             let mut customers = Vec::new();
             for (aggregate, id) in keys {
-                let (kind, view) = match aggregate {
-                    AggregateType::Product => (Kind::Product, views::product(&mut conn, id).await),
-                    AggregateType::Order => (Kind::Order, views::order(&mut conn, id).await),
+                let view = match aggregate {
+                    AggregateType::Product => views::product(&mut conn, id).await,
+                    AggregateType::Order => views::order(&mut conn, id).await,
                 };
-                let Some(view) = view.map_err(|e| e.to_string())? else {
+                let Some(view) = view? else {
                     continue;
                 };
                 if let Some(customer) = view.owner {
-                    let revision = views::customer_revision(&mut conn, customer)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let revision = views::customer_revision(&mut conn, customer).await?;
                     customers.push((customer, revision));
                 }
-                views.push((kind, id, view));
+                views.push((aggregate, id, view));
             }
-            Ok::<_, String>((views, customers))
+            Ok::<_, StoreError>((views, customers))
         };
         read.await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read redelivered events' views back; their cache entries age out");
+            tracing::warn!(error = %ErrorChain(&e), "cannot read redelivered events' views back; their cache entries age out");
             (Vec::new(), Vec::new())
         })
     }

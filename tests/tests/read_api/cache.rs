@@ -4,10 +4,10 @@
 use std::process::Child;
 use std::time::Duration;
 
+use ordering_schema::events::AggregateType;
 use ordering_tests::process::free_addr;
 use ordering_tests::read_app::{ReadApp, ReadOptions, next_product, product, product_event, redis_server};
 use ordering_tests::write_app::answer;
-use read_api::cache::Kind;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn second_read_is_a_hit_and_if_none_match_gives_304() {
@@ -115,7 +115,12 @@ async fn the_cache_never_serves_an_older_version_after_an_update() {
     replica.service.state.cache.clear_local();
     assert_eq!(answer(app.get(&path)).await.body["version"], 31);
     assert_eq!(answer(app.client.get(replica.url(&path))).await.body["version"], 31);
-    let (redis_version, _) = app.state().cache.raw_view(Kind::Product, p.id).await.expect("in Redis");
+    let (redis_version, _) = app
+        .state()
+        .cache
+        .raw_view(AggregateType::Product, p.id)
+        .await
+        .expect("in Redis");
     assert_eq!(redis_version, 31);
 }
 
@@ -198,7 +203,7 @@ async fn redis_down_answers_from_postgres_and_recovers_without_restart() {
     let (v, _) = app
         .state()
         .cache
-        .raw_view(Kind::Product, p.id)
+        .raw_view(AggregateType::Product, p.id)
         .await
         .expect("cached again");
     assert_eq!(v, 2);
@@ -240,7 +245,7 @@ async fn a_redelivered_event_refreshes_the_cache_a_crash_left_behind() {
     // The broker redelivers version 2.
     app.publish(&product_event(&v2)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while cache.raw_view(Kind::Product, v1.id).await.map(|(v, _)| v) != Some(2) {
+    while cache.raw_view(AggregateType::Product, v1.id).await.map(|(v, _)| v) != Some(2) {
         assert!(std::time::Instant::now() < deadline, "Redis still holds version 1");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

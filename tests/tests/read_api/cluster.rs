@@ -8,14 +8,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ordering_schema::events::{OrderData, OrderStatus, ProductData};
+use ordering_schema::events::{AggregateType, OrderData, OrderStatus, ProductData};
 use ordering_tests::pipeline::metric_sum;
 use ordering_tests::process::free_addr;
 use ordering_tests::read_app::{
     ReadApp, ReadOptions, next_order, next_product, order, order_event, product, product_event, redis_server,
 };
 use ordering_tests::write_app::{Answer, answer, customer_token};
-use read_api::cache::Kind;
 use read_api::rebuild::{self, Options};
 use uuid::Uuid;
 
@@ -243,7 +242,10 @@ async fn a_redis_cluster_caches_views_across_slots_and_a_rebuild_drops_every_nod
         );
     }
     for p in &products {
-        let (v, _) = cache.raw_view(Kind::Product, p.id).await.expect("product in Redis");
+        let (v, _) = cache
+            .raw_view(AggregateType::Product, p.id)
+            .await
+            .expect("product in Redis");
         assert_eq!(v, 1);
     }
 
@@ -334,7 +336,10 @@ async fn a_redis_cluster_caches_views_across_slots_and_a_rebuild_drops_every_nod
             (a.header("x-cache"), a.body["version"].as_i64()),
             (Some("hit"), Some(2))
         );
-        let (v, _) = cache.raw_view(Kind::Product, p.id).await.expect("product in Redis");
+        let (v, _) = cache
+            .raw_view(AggregateType::Product, p.id)
+            .await
+            .expect("product in Redis");
         assert_eq!(v, 2, "Redis holds the newer version");
     }
     for (c, o) in customers.iter().zip(&paid) {
@@ -343,7 +348,10 @@ async fn a_redis_cluster_caches_views_across_slots_and_a_rebuild_drops_every_nod
             (a.body["version"].as_i64(), a.body["status"].as_str()),
             (Some(2), Some("paid"))
         );
-        let (v, _) = cache.raw_view(Kind::Order, o.id).await.expect("order in Redis");
+        let (v, _) = cache
+            .raw_view(AggregateType::Order, o.id)
+            .await
+            .expect("order in Redis");
         assert_eq!(v, 2);
         // The customer's hash was emptied by the newer revision: the list is read again.
         let path = format!("/v1/customers/{}/orders?status=paid", c.id);
