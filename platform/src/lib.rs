@@ -12,12 +12,14 @@
 //! - [`db`]: the PostgreSQL pool, with bounded waits;
 //! - [`breaker`]: the circuit breaker guarding a dependency (the relay's PostgreSQL and
 //!   RabbitMQ, the read-api's Redis);
+//! - [`listen`]: the LISTEN loop woken by PostgreSQL notifications, reconnecting with backoff;
 //! - [`shutdown`]: the SIGTERM / Ctrl-C signal.
 
 pub mod auth;
 pub mod breaker;
 pub mod db;
 pub mod http;
+pub mod listen;
 pub mod problem;
 pub mod settings;
 pub mod shutdown;

@@ -19,9 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use futures::StreamExt;
 use ordering_platform::db::PgPool;
+use ordering_platform::listen::{ListenEvent, Listener};
 use ordering_schema::consistency::VersionMark;
 use ordering_schema::events::AggregateType;
 use tokio::sync::{Notify, Semaphore};
@@ -220,72 +219,32 @@ pub fn dispatch(hub: &Hub, cache: &Cache, a: Announcement) {
     }
 }
 
-/// LISTENs for announcements until `stop`, reconnecting with backoff.
+/// LISTENs for announcements until `stop`, reconnecting with backoff (the platform's loop).
+/// Whenever the connection is (re)made or lost, announcements may have been missed: the
+/// in-process cache is cleared and every waiter re-checks.
 pub async fn listen(url: String, hub: Hub, cache: Cache, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
-    while !stop.is_cancelled() {
-        match AsyncPgConnection::establish(&url).await {
-            Ok(mut conn) => {
-                if let Err(e) = diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
-                    .execute(&mut conn)
-                    .await
-                {
-                    tracing::warn!(error = %e, "LISTEN failed");
-                } else {
-                    backoff = Duration::from_millis(100);
-                    hub.listening.store(true, Ordering::Relaxed);
-                    // Anything announced while we were not listening is unknown: start clean.
-                    cache.clear_local();
-                    hub.wake_all();
-                    run_listener(&mut conn, &hub, &cache, &stop).await;
-                    hub.listening.store(false, Ordering::Relaxed);
-                }
+    Listener::new(url, NOTIFY_CHANNEL)
+        .run(stop, |event| match event {
+            ListenEvent::Listening | ListenEvent::NotListening => {
+                hub.listening
+                    .store(matches!(event, ListenEvent::Listening), Ordering::Relaxed);
+                cache.clear_local();
+                hub.wake_all();
             }
-            Err(e) => tracing::warn!(error = %e, "cannot open the LISTEN connection"),
-        }
-        cache.clear_local();
-        hub.wake_all();
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = stop.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+            ListenEvent::Notification(n) => dispatch_notification(&hub, &cache, &n.payload),
+        })
+        .await;
 }
 
-async fn run_listener(conn: &mut AsyncPgConnection, hub: &Hub, cache: &Cache, stop: &CancellationToken) {
-    loop {
-        let next = {
-            let mut stream = std::pin::pin!(conn.notifications_stream());
-            tokio::select! {
-                n = tokio::time::timeout(Duration::from_secs(10), stream.next()) => n,
-                () = stop.cancelled() => return,
-            }
-        };
-        match next {
-            Ok(Some(Ok(n))) => {
-                let mut any = false;
-                for a in announcement::parse_all(&n.payload) {
-                    any = true;
-                    dispatch(hub, cache, a);
-                }
-                if !any {
-                    tracing::debug!(payload = %n.payload, "ignoring an unknown announcement");
-                }
-            }
-            Ok(Some(Err(e))) => {
-                tracing::warn!(error = %e, "LISTEN connection failed");
-                return;
-            }
-            Ok(None) => return,
-            // Quiet for a while: make sure the connection is still alive.
-            Err(_) => {
-                if diesel::sql_query("SELECT 1").execute(conn).await.is_err() {
-                    tracing::warn!("LISTEN connection lost");
-                    return;
-                }
-            }
-        }
+/// Dispatches the announcements one notification carries.
+fn dispatch_notification(hub: &Hub, cache: &Cache, payload: &str) {
+    let mut any = false;
+    for a in announcement::parse_all(payload) {
+        any = true;
+        dispatch(hub, cache, a);
+    }
+    if !any {
+        tracing::debug!(%payload, "ignoring an unknown announcement");
     }
 }
 
