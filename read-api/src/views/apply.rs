@@ -17,12 +17,12 @@ use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use ordering_schema::events::{OrderData, OrderStatus, ProductData};
-use serde_json::json;
+use ordering_schema::events::{OrderData, ProductData};
 use uuid::Uuid;
 
 use super::Tables;
 use super::search::search_text;
+use super::served::{OrderListItem, OrderView, product_view};
 
 /// The channel applied changes are announced on: a payload is one or more announcements
 /// separated by spaces, each `p:<id>:<version>` or `o:<id>:<version>` (the highest version
@@ -144,10 +144,7 @@ pub async fn apply_products(
     );
     for c in changes {
         let p = c.data;
-        let mut doc = serde_json::to_value(p).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-        // The view's version is the event's sequence (they are equal for a well-formed event;
-        // the sequence is what the guard checks, so the view shows that).
-        doc["version"] = json!(c.sequence);
+        let doc = to_json(&product_view(p, c.sequence))?;
         ids.push(p.id);
         versions.push(c.sequence);
         names.push(p.name.as_str());
@@ -170,18 +167,9 @@ pub async fn apply_products(
     Ok(outcomes(&ids, &versions, rows))
 }
 
-/// One entry of an order's `history`.
-pub fn history_entry(status: OrderStatus, at: DateTime<Utc>) -> serde_json::Value {
-    json!({"status": status, "at": at})
-}
-
-/// The order's item in its customer's list.
-pub fn list_item(o: &OrderData) -> serde_json::Value {
-    let item_count: i64 = o.lines.iter().map(|l| l.quantity).sum();
-    json!({
-        "id": o.id, "status": o.status, "total_cents": o.total_cents, "currency": o.currency,
-        "item_count": item_count, "created_at": o.created_at, "updated_at": o.updated_at,
-    })
+/// A served type as the JSON stored for it.
+fn to_json(served: &impl serde::Serialize) -> diesel::QueryResult<serde_json::Value> {
+    serde_json::to_value(served).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
 }
 
 /// Applies `changes` (of distinct orders) to the order view in one statement, and bumps each
@@ -238,9 +226,7 @@ pub async fn apply_orders(
     let mut items = Vec::with_capacity(n);
     for ch in changes {
         let o = ch.data;
-        let mut doc = serde_json::to_value(o).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-        doc["version"] = json!(ch.sequence);
-        doc["history"] = json!([history_entry(o.status, ch.at)]);
+        let doc = to_json(&OrderView::after_event(o, ch.sequence, ch.at))?;
         ids.push(o.id);
         customers.push(o.customer_id);
         versions.push(ch.sequence);
@@ -249,7 +235,7 @@ pub async fn apply_orders(
         currencies.push(o.currency.as_str());
         created.push(o.created_at);
         docs.push(doc);
-        items.push(list_item(o));
+        items.push(to_json(&OrderListItem::from(o))?);
     }
     let rows: Vec<AppliedRow> = diesel::sql_query(sql)
         .bind::<Array<SqlUuid>, _>(&ids)

@@ -1,6 +1,6 @@
 //! The view tables: how events change them ([`apply`]) and what the endpoints read from
-//! them ([`queries`]); how product search matches text ([`search`]). The only module that
-//! speaks SQL.
+//! them ([`queries`]); how product search matches text ([`search`]); the JSON they serve, as
+//! the types the OpenAPI document describes ([`served`]). The only module that speaks SQL.
 //!
 //! Everything is re-exported here, so callers name `crate::views::...` whichever half an item
 //! lives in.
@@ -8,6 +8,7 @@
 mod apply;
 mod queries;
 mod search;
+pub mod served;
 
 pub use apply::*;
 pub use queries::*;

@@ -11,6 +11,7 @@ use ordering_schema::events::OrderStatus;
 use uuid::Uuid;
 
 use super::search::like_pattern;
+use super::served::CustomerSummary;
 
 fn not_found_as_none<T>(e: diesel::result::Error) -> diesel::QueryResult<Option<T>> {
     match e {
@@ -293,19 +294,6 @@ struct SummaryRow {
     /// A JSON object: per currency, the sum as a decimal string.
     #[diesel(sql_type = Text)]
     spent: String,
-}
-
-/// A customer's summary, as served.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct CustomerSummary {
-    pub customer_id: Uuid,
-    pub order_count: i64,
-    pub open_order_count: i64,
-    /// Per currency, the exact sum of the paid and shipped orders' totals. One order's total
-    /// fits `i64` at the write side's limits (100 lines × 10,000 × 10^12 cents = 10^18), a
-    /// customer's sum of them does not: `i128` holds any number of such orders there could be.
-    pub spent_cents: BTreeMap<String, i128>,
-    pub last_order_at: Option<DateTime<Utc>>,
 }
 
 /// The customer's summary.
