@@ -83,14 +83,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use backon::{ConstantBuilder, Retryable};
 use futures::FutureExt;
+use ordering_platform::breaker::{Breaker, BreakerState};
 use ordering_platform::http::ops::{DependencyState, ReadinessCheck};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::Settings;
 use crate::store::Store;
-use ordering_platform::breaker::{Breaker, BreakerState};
 
 /// The gauge of the relay's circuit breakers (0 closed, 1 half-open, 2 open), by dependency.
 const BREAKER_GAUGE: &str = "relay_breaker_state";
@@ -229,20 +230,20 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
     Ok(())
 }
 
+/// Sets up the relay's schema, retrying for about 30 s while PostgreSQL is not there yet (a
+/// relay started beside its database); a partition count that disagrees with the outbox's is
+/// final.
 async fn migrate_with_retry(s: &Settings) -> Result<(), RelayError> {
-    let mut tries = 0;
-    loop {
-        match schema::migrate(&s.database_url, &s.table, s.partitions).await {
-            Ok(_) => return Ok(()),
-            Err(e @ schema::SchemaError::Partitions { .. }) => return Err(e.into()),
-            Err(e) if tries < 15 => {
-                tries += 1;
-                tracing::warn!(error = %e, "cannot set up the relay schema yet; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let retries = ConstantBuilder::default()
+        .with_delay(Duration::from_secs(2))
+        .with_max_times(15);
+    (|| schema::migrate(&s.database_url, &s.table, s.partitions))
+        .retry(retries)
+        .when(|e| !matches!(e, schema::SchemaError::Partitions { .. }))
+        .notify(|e, _| tracing::warn!(error = %e, "cannot set up the relay schema yet; retrying"))
+        .await
+        .map(|_| ())
+        .map_err(Into::into)
 }
 
 fn readiness(
