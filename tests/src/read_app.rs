@@ -227,16 +227,11 @@ impl ReadApp {
 
     /// Messages in the dead-letter queue (consumes them).
     pub async fn dead_letters(&self) -> Vec<Vec<u8>> {
-        let q = format!("{}.dead", self.settings.queue);
-        let mut out = Vec::new();
-        while let Ok(Some(m)) = self
-            .publisher
-            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+        self.dead_letters_with("")
             .await
-        {
-            out.push(m.delivery.data.clone());
-        }
-        out
+            .into_iter()
+            .map(|(body, _)| body)
+            .collect()
     }
 
     /// Messages in the dead-letter queue (consumes them), each with the value of its header

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use ordering_platform::auth::Authenticator;
 use ordering_platform::http::layers::HttpLimits;
+use ordering_schema::events::AggregateType;
 use serde_json::json;
 use uuid::Uuid;
 use write_api::AppState;
@@ -120,9 +121,13 @@ pub fn consistency_key() -> ordering_schema::consistency::ConsistencyKey {
     ordering_schema::consistency::ConsistencyKey::new(SECRET.as_bytes())
 }
 
-/// The consistency token the write-api would give `subject` for a command that changed
-/// `marks`.
-pub fn issue_consistency_token(subject: Uuid, marks: Vec<ordering_schema::consistency::VersionMark>) -> String {
+/// The consistency token the write-api would give, bound to `subject`, for a command that
+/// changed `marks` (aggregate, id, version).
+pub fn issue_consistency_token(subject: Uuid, marks: &[(AggregateType, Uuid, i64)]) -> String {
+    let marks = marks
+        .iter()
+        .map(|&(aggregate, id, version)| ordering_schema::consistency::VersionMark { aggregate, id, version })
+        .collect();
     consistency_key().sign(&ordering_schema::consistency::ConsistencyToken { subject, marks })
 }
 

@@ -99,11 +99,9 @@ pub async fn consistent_view(
         let pool = pool.clone();
         async move {
             let mut conn = pool.get().await.map_err(StoreError::from)?;
-            let view = match aggregate {
-                AggregateType::Product => views::product(&mut conn, id).await,
-                AggregateType::Order => views::order(&mut conn, id).await,
-            };
-            view.map_err(|e| LoadError::from(StoreError::from(e)))
+            views::single(&mut conn, aggregate, id)
+                .await
+                .map_err(|e| LoadError::from(StoreError::from(e)))
         }
     };
     let (entry, source) = app.cache.view(aggregate, id, min_version, load).await?;

@@ -205,11 +205,7 @@ impl Projector {
             let mut views = Vec::new();
             let mut customers = Vec::new();
             for (aggregate, id) in keys {
-                let view = match aggregate {
-                    AggregateType::Product => views::product(&mut conn, id).await,
-                    AggregateType::Order => views::order(&mut conn, id).await,
-                };
-                let Some(view) = view? else {
+                let Some(view) = views::single(&mut conn, aggregate, id).await? else {
                     continue;
                 };
                 if let Some(customer) = view.owner {

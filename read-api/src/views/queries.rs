@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use ordering_schema::events::OrderStatus;
+use ordering_schema::events::{AggregateType, OrderStatus};
 use uuid::Uuid;
 
 use super::search::like_pattern;
@@ -38,31 +38,25 @@ struct DocRow {
     doc: String,
 }
 
-/// The product view `id`, if any.
-pub async fn product(conn: &mut AsyncPgConnection, id: Uuid) -> diesel::QueryResult<Option<StoredView>> {
-    let row: Option<DocRow> =
-        diesel::sql_query("SELECT version, NULL::uuid AS owner, doc::text AS doc FROM rv_products WHERE id = $1")
-            .bind::<SqlUuid, _>(id)
-            .get_result(conn)
-            .await
-            .map(Some)
-            .or_else(not_found_as_none)?;
-    Ok(row.map(|r| StoredView {
-        version: r.version,
-        owner: r.owner,
-        doc: r.doc,
-    }))
-}
-
-/// The order view `id`, if any, with its customer as owner.
-pub async fn order(conn: &mut AsyncPgConnection, id: Uuid) -> diesel::QueryResult<Option<StoredView>> {
-    let row: Option<DocRow> =
-        diesel::sql_query("SELECT version, customer_id AS owner, doc::text AS doc FROM rv_orders WHERE id = $1")
-            .bind::<SqlUuid, _>(id)
-            .get_result(conn)
-            .await
-            .map(Some)
-            .or_else(not_found_as_none)?;
+/// The single view of `aggregate` `id`, if any: a product, or an order with its customer as
+/// owner.
+pub async fn single(
+    conn: &mut AsyncPgConnection,
+    aggregate: AggregateType,
+    id: Uuid,
+) -> diesel::QueryResult<Option<StoredView>> {
+    let sql = match aggregate {
+        AggregateType::Product => {
+            "SELECT version, NULL::uuid AS owner, doc::text AS doc FROM rv_products WHERE id = $1"
+        }
+        AggregateType::Order => "SELECT version, customer_id AS owner, doc::text AS doc FROM rv_orders WHERE id = $1",
+    };
+    let row: Option<DocRow> = diesel::sql_query(sql)
+        .bind::<SqlUuid, _>(id)
+        .get_result(conn)
+        .await
+        .map(Some)
+        .or_else(not_found_as_none)?;
     Ok(row.map(|r| StoredView {
         version: r.version,
         owner: r.owner,

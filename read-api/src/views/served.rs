@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use ordering_schema::events::{OrderData, OrderLineData, OrderStatus, ProductData};
+use ordering_schema::events::{OrderData, OrderStatus, ProductData};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -32,18 +32,11 @@ pub struct HistoryEntry {
     pub at: DateTime<Utc>,
 }
 
-/// The order view.
+/// The order view: the order's state at `version` and its history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct OrderView {
-    pub id: Uuid,
-    pub customer_id: Uuid,
-    pub status: OrderStatus,
-    pub lines: Vec<OrderLineData>,
-    pub total_cents: i64,
-    pub currency: String,
-    pub version: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub order: OrderData,
     /// Every status the order has had, oldest first.
     pub history: Vec<HistoryEntry>,
 }
@@ -53,15 +46,10 @@ impl OrderView {
     /// step as its history (the stored view appends it to the steps before).
     pub fn after_event(data: &OrderData, sequence: i64, at: DateTime<Utc>) -> Self {
         Self {
-            id: data.id,
-            customer_id: data.customer_id,
-            status: data.status,
-            lines: data.lines.clone(),
-            total_cents: data.total_cents,
-            currency: data.currency.clone(),
-            version: sequence,
-            created_at: data.created_at,
-            updated_at: data.updated_at,
+            order: OrderData {
+                version: sequence,
+                ..data.clone()
+            },
             history: vec![HistoryEntry {
                 status: data.status,
                 at,

@@ -76,7 +76,8 @@ impl Case {
 }
 
 fn consistency(marks: Vec<VersionMark>) -> String {
-    issue_consistency_token(Uuid::now_v7(), marks)
+    let marks: Vec<_> = marks.iter().map(|m| (m.aggregate, m.id, m.version)).collect();
+    issue_consistency_token(Uuid::now_v7(), &marks)
 }
 
 fn bad_consistency_tokens() -> Vec<(&'static str, HeaderValue)> {

@@ -4,26 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use ordering_schema::consistency::VersionMark;
 use ordering_schema::events::{AggregateType, OrderStatus};
 use ordering_tests::read_app::{ReadApp, ReadOptions, next_order, order, order_event, product, product_event};
 use ordering_tests::write_app::{answer, customer_token, issue_consistency_token};
 use uuid::Uuid;
 
-/// A token issued to `subject` naming `marks`.
-fn token_of(subject: Uuid, marks: &[(AggregateType, Uuid, i64)]) -> String {
-    issue_consistency_token(
-        subject,
-        marks
-            .iter()
-            .map(|&(aggregate, id, version)| VersionMark { aggregate, id, version })
-            .collect(),
-    )
-}
-
 /// A token naming products only (anyone may wait for those).
 fn token(marks: &[(AggregateType, Uuid, i64)]) -> String {
-    token_of(Uuid::now_v7(), marks)
+    issue_consistency_token(Uuid::now_v7(), marks)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,7 +20,7 @@ async fn a_token_waits_for_every_view_it_names_then_answers() {
     let customer = Uuid::now_v7();
     let p = product("W-1", "Wait", "w", 500, 5);
     let o = order(customer, &[(&p, 1)], ordering_schema::events::now());
-    let t = token_of(
+    let t = issue_consistency_token(
         customer,
         &[(AggregateType::Order, o.id, 1), (AggregateType::Product, p.id, 1)],
     );
@@ -87,7 +75,7 @@ async fn a_token_waits_for_every_view_it_names_then_answers() {
     )
     .await;
     app.publish(&order_event(&paid)).await;
-    let t2 = token_of(customer, &[(AggregateType::Order, o.id, 2)]);
+    let t2 = issue_consistency_token(customer, &[(AggregateType::Order, o.id, 2)]);
     let s = answer(
         app.get(&format!("/v1/customers/{customer}/summary"))
             .bearer_auth(&bearer)

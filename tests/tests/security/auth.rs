@@ -11,7 +11,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use ordering_schema::consistency::VersionMark;
 use ordering_schema::events::AggregateType;
 use ordering_tests::read_app::{ReadApp, order, order_event, product, product_event};
 use ordering_tests::write_app::{
@@ -200,14 +199,7 @@ async fn every_customer_scoped_read_hides_other_customers_data() {
     let alice_token = customer_token(alice);
     let bob_token = customer_token(bob);
     // Alice's own token for her order, in Bob's hands.
-    let mark = issue_consistency_token(
-        alice,
-        vec![VersionMark {
-            aggregate: AggregateType::Order,
-            id: o.id,
-            version: 1,
-        }],
-    );
+    let mark = issue_consistency_token(alice, &[(AggregateType::Order, o.id, 1)]);
     let paths = [
         format!("/v1/orders/{}", o.id),
         format!("/v1/customers/{alice}/orders"),

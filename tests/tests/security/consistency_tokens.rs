@@ -22,17 +22,6 @@ use ordering_tests::write_app::{SECRET, WriteApp, answer, customer_token, issue_
 use serde_json::json;
 use uuid::Uuid;
 
-/// The token the write-api would give `subject` for a command that changed `marks`.
-fn issued(subject: Uuid, marks: &[(AggregateType, Uuid, i64)]) -> String {
-    issue_consistency_token(
-        subject,
-        marks
-            .iter()
-            .map(|&(aggregate, id, version)| VersionMark { aggregate, id, version })
-            .collect(),
-    )
-}
-
 /// What a client could write without the key: the unsigned format of the first tokens.
 fn forged(id: Uuid, version: i64) -> String {
     let mut bytes = vec![b'p'];
@@ -52,7 +41,7 @@ async fn a_forged_token_is_refused_at_once() {
     app.publish(&product_event(&p)).await;
     app.wait_version("rv_products", p.id, 1).await;
     let far = 1i64 << 62;
-    let mut altered = issued(Uuid::now_v7(), &[(AggregateType::Product, p.id, 1)]).into_bytes();
+    let mut altered = issue_consistency_token(Uuid::now_v7(), &[(AggregateType::Product, p.id, 1)]).into_bytes();
     // Flip one character of the body (the prefix stays): a different token with no valid MAC.
     let at = altered.len() - 3;
     altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
@@ -82,7 +71,7 @@ async fn waiting_requests_never_starve_health_and_are_bounded() {
     let p = product("STARVE-1", "starve", "d", 100, 1);
     app.publish(&product_event(&p)).await;
     app.wait_version("rv_products", p.id, 1).await;
-    let token = issued(Uuid::now_v7(), &[(AggregateType::Product, p.id, 1 << 62)]);
+    let token = issue_consistency_token(Uuid::now_v7(), &[(AggregateType::Product, p.id, 1 << 62)]);
     let client = reqwest::Client::builder().pool_max_idle_per_host(1200).build().unwrap();
     let url = app.url(&format!("/v1/products/{}", p.id));
     let sent = Instant::now();
@@ -153,9 +142,9 @@ async fn a_token_bound_to_another_customer_reveals_nothing() {
     // Alice's tokens (issued to her): for her order as it is, further on, and for an order not
     // projected yet.
     let alice_tokens = [
-        issued(alice, &[(AggregateType::Order, o.id, 1)]),
-        issued(alice, &[(AggregateType::Order, o.id, 3)]),
-        issued(alice, &[(AggregateType::Order, missing, 1)]),
+        issue_consistency_token(alice, &[(AggregateType::Order, o.id, 1)]),
+        issue_consistency_token(alice, &[(AggregateType::Order, o.id, 3)]),
+        issue_consistency_token(alice, &[(AggregateType::Order, missing, 1)]),
     ];
     let cases = [
         (format!("/v1/orders/{}", o.id), 404),
@@ -202,7 +191,7 @@ async fn product_lists_and_searches_honour_the_token() {
     let mut found = 0;
     for i in 0..20 {
         let p = product(&format!("HONOUR-{i}"), &format!("honoured{i}"), "d", 100, 1);
-        let token = issued(creator, &[(AggregateType::Product, p.id, 1)]);
+        let token = issue_consistency_token(creator, &[(AggregateType::Product, p.id, 1)]);
         // Read before the event is projected (as a client does right after the create).
         let list = app.get("/v1/products?limit=100").header("X-Consistency-Token", &token);
         let search = app
