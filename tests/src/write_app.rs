@@ -36,14 +36,27 @@ impl WriteApp {
     /// Starts a write-api on a fresh database, with a pool of `pool_size` connections, serving
     /// with `limits`.
     pub async fn start_with(pool_size: usize, limits: HttpLimits) -> Self {
+        Self::start_configured(pool_size, limits, |state| state).await
+    }
+
+    /// Starts a write-api whose `Location` headers point at the read-api at `url`.
+    pub async fn start_reading_at(url: &str) -> Self {
+        Self::start_configured(8, HttpLimits::default(), |state| state.with_read_api_url(url)).await
+    }
+
+    async fn start_configured(
+        pool_size: usize,
+        limits: HttpLimits,
+        configure: impl FnOnce(AppState) -> AppState,
+    ) -> Self {
         let db = TestDatabase::new().await;
-        let state = AppState::new(
+        let state = configure(AppState::new(
             db.url(),
             pool_size,
             Authenticator::hs256(SECRET.as_bytes()),
             consistency_key(),
             &limits,
-        );
+        ));
         let app = write_api::router(state, limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

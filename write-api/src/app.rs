@@ -1,5 +1,6 @@
 //! The application state shared by handlers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
@@ -19,6 +20,21 @@ pub struct AppState {
     /// request timeout, so a client answered "503 timeout" can rely on nothing having been
     /// written (see [`crate::commands::execute`]).
     pub command_budget: Duration,
+    /// Where the resources this API creates can be read (`READ_API_URL`): `Location` headers
+    /// point there, since the write-api serves no reads. Unset (as [`AppState::new`] makes it):
+    /// relative `Location`s.
+    pub read_api_url: ReadApiUrl,
+}
+
+/// The read-api's public base URL, without a trailing slash (`READ_API_URL`).
+#[derive(Clone, Debug, Default)]
+pub struct ReadApiUrl(Arc<str>);
+
+impl ReadApiUrl {
+    /// The URL where `path` (e.g. `/v1/orders/<id>`) can be read.
+    pub fn of(&self, path: &str) -> String {
+        format!("{}{path}", self.0)
+    }
 }
 
 impl AppState {
@@ -37,7 +53,14 @@ impl AppState {
             auth,
             consistency,
             command_budget,
+            read_api_url: ReadApiUrl::default(),
         }
+    }
+
+    /// The same state, with `Location` headers pointing at the read-api at `url`.
+    pub fn with_read_api_url(mut self, url: &str) -> Self {
+        self.read_api_url = ReadApiUrl(url.trim_end_matches('/').into());
+        self
     }
 }
 
@@ -49,6 +72,12 @@ fn command_budget(request_timeout: Duration) -> Duration {
 impl FromRef<AppState> for Authenticator {
     fn from_ref(state: &AppState) -> Self {
         state.auth.clone()
+    }
+}
+
+impl FromRef<AppState> for ReadApiUrl {
+    fn from_ref(state: &AppState) -> Self {
+        state.read_api_url.clone()
     }
 }
 

@@ -46,7 +46,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.auth.clone(),
         settings.consistency_key.clone(),
         &settings.limits,
-    );
+    )
+    .with_read_api_url(&settings.read_api_url);
     tokio::spawn(write_api::expire_idempotency_keys(
         state.pool.clone(),
         settings.idempotency_ttl,

@@ -26,6 +26,9 @@ pub struct Settings {
     pub limits: HttpLimits,
     /// `IDEMPOTENCY_TTL`, default 24h (the contract's minimum): how long keys are kept.
     pub idempotency_ttl: Duration,
+    /// `READ_API_URL`, default `http://127.0.0.1:8081`: the read-api's public base URL, where
+    /// `Location` headers point (the write-api serves no reads).
+    pub read_api_url: String,
 }
 
 /// Default `DATABASE_URL` of every service.
@@ -50,6 +53,7 @@ impl Settings {
             return Err(SettingError::new("MAX_CONCURRENT_REQUESTS", "must be at least 1"));
         }
         Ok(Self {
+            read_api_url: read_api_url()?,
             database_url: settings::url("DATABASE_URL", DEFAULT_DATABASE_URL, &["postgres://", "postgresql://"])?,
             addr: settings::socket_addr("WRITE_API_ADDR", "127.0.0.1:8080")?,
             auth: Authenticator::from_env()?,
@@ -61,6 +65,20 @@ impl Settings {
             },
             idempotency_ttl,
         })
+    }
+}
+
+/// `READ_API_URL`: an `http(s)://` base URL (a trailing slash is dropped). It goes into a
+/// header, so nothing but visible ASCII.
+fn read_api_url() -> Result<String, SettingError> {
+    let v = settings::url("READ_API_URL", "http://127.0.0.1:8081", &["http://", "https://"])?;
+    if v.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(v.trim_end_matches('/').to_owned())
+    } else {
+        Err(SettingError::new(
+            "READ_API_URL",
+            "must be a URL of visible ASCII characters",
+        ))
     }
 }
 

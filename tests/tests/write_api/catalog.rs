@@ -4,7 +4,7 @@
 
 use ordering_schema::consistency::VersionMark;
 use ordering_schema::events::AggregateType;
-use ordering_tests::write_app::{WriteApp, admin_token, answer};
+use ordering_tests::write_app::{WriteApp, admin_token, answer, customer_token};
 use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
@@ -351,4 +351,26 @@ async fn stock_adjustment_honours_if_match() {
     )
     .await;
     assert_eq!((a.status, a.body["stock"].as_i64()), (200, Some(6)), "{}", a.text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn location_points_where_the_resource_can_be_read() {
+    // The write-api serves no reads: with READ_API_URL set, `Location` names the read-api.
+    let app = WriteApp::start_reading_at("https://reads.example:8443/").await;
+    let created = answer(app.post("/v1/products", &admin_token(), &product_body("LOC-1"))).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let pid = created.body["id"].as_str().expect("id");
+    assert_eq!(
+        created.header("location"),
+        Some(format!("https://reads.example:8443/v1/products/{pid}").as_str())
+    );
+    let placed = app
+        .place_order(&customer_token(Uuid::now_v7()), None, &[(pid, 1)])
+        .await;
+    assert_eq!(placed.status, 201, "{}", placed.text);
+    let oid = placed.body["id"].as_str().expect("id");
+    assert_eq!(
+        placed.header("location"),
+        Some(format!("https://reads.example:8443/v1/orders/{oid}").as_str())
+    );
 }

@@ -55,7 +55,7 @@ impl Command for CreateProduct {
             StatusCode::CREATED,
             p,
             p.version,
-            Some(format!("/v1/products/{}", p.id)),
+            Some(meta.read_api_url.of(&format!("/v1/products/{}", p.id))),
             None,
             vec![VersionMark {
                 aggregate: AggregateType::Product,

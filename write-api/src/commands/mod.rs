@@ -176,7 +176,7 @@ pub fn order_reply(
     meta: &CommandMeta,
 ) -> Result<Reply, ApiError> {
     let o = order.state();
-    let location = (status == StatusCode::CREATED).then(|| format!("/v1/orders/{}", o.id));
+    let location = (status == StatusCode::CREATED).then(|| meta.read_api_url.of(&format!("/v1/orders/{}", o.id)));
     let marks = events
         .iter()
         .map(|e| VersionMark {

@@ -12,6 +12,8 @@ use ordering_platform::problem::Problem;
 use ordering_schema::consistency::{ConsistencyKey, ConsistencyToken, VersionMark};
 use uuid::Uuid;
 
+use crate::app::ReadApiUrl;
+
 /// A parsed `If-Match` precondition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IfMatch {
@@ -67,6 +69,8 @@ pub struct CommandMeta {
     pub target: String,
     /// Signs the answer's consistency token.
     pub consistency: ConsistencyKey,
+    /// Where created resources can be read (their `Location`).
+    pub read_api_url: ReadApiUrl,
 }
 
 impl CommandMeta {
@@ -134,6 +138,7 @@ where
     S: Send + Sync,
     Authenticator: FromRef<S>,
     ConsistencyKey: FromRef<S>,
+    ReadApiUrl: FromRef<S>,
 {
     type Rejection = Problem;
 
@@ -167,6 +172,7 @@ where
             traceparent,
             target,
             consistency: ConsistencyKey::from_ref(state),
+            read_api_url: ReadApiUrl::from_ref(state),
         })
     }
 }
