@@ -1,4 +1,4 @@
-//! Bearer-token authentication shared by both APIs (CONTRACT.md, "Authentication").
+//! Bearer-token authentication shared by both APIs (docs/api.md, "Authentication").
 //!
 //! Only HS256 is accepted; `exp` is required; `exp`, `nbf` and `iat` are checked with 30 s of
 //! clock skew (a token not yet valid or issued in the future is refused); `sub` must be a UUID

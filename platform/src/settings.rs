@@ -1,8 +1,8 @@
 //! Typed settings from environment variables, with one clear line for a bad one.
 //!
 //! Each binary has one settings struct built with these helpers; a bad value stops the
-//! service at start with exit status 2 and a line naming the setting (CONTRACT.md, "Bad
-//! settings").
+//! service at start with exit status 2 and a line naming the setting (docs/operations.md,
+//! "Settings").
 
 use std::fmt::Display;
 use std::str::FromStr;

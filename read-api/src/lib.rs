@@ -3,7 +3,7 @@
 //!
 //! It learns everything from the events on `ordering.events` (never from the write side's
 //! tables), keeps the views in PostgreSQL (`READ_DATABASE_URL`, tables `rv_*`), caches them
-//! in memory and in Redis, and serves the read endpoints of CONTRACT.md. How it keeps its
+//! in memory and in Redis, and serves the read endpoints of docs/api.md. How it keeps its
 //! promises:
 //!
 //! - **Each event changes a view exactly once** ([`views`], [`projector`]). Every view row

@@ -1,7 +1,7 @@
 //! The event envelope: what the write side puts in the outbox and every consumer parses.
 //!
 //! One definition for both sides, so a producer and a consumer can never disagree about a
-//! field name. The body is a CloudEvents 1.0 structured event (CONTRACT.md, "Events"); `data`
+//! field name. The body is a CloudEvents 1.0 structured event (docs/events.md); `data`
 //! is the aggregate's whole state after the change, so a consumer never needs the write side's
 //! tables.
 

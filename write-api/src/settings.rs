@@ -1,4 +1,4 @@
-//! The write-api's settings, from the environment (CONTRACT.md, "Ports and settings").
+//! The write-api's settings, from the environment (docs/operations.md, "Settings").
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -11,7 +11,7 @@ use axum::routing::{MethodRouter, get};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 
-/// The media type of every error answer (CONTRACT.md, "Errors").
+/// The media type of every error answer (docs/api.md, "Errors").
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Adds the `bearer` security scheme (an HS256 JWT in `Authorization: Bearer`).

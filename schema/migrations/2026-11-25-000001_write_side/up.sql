@@ -43,7 +43,7 @@ CREATE TABLE order_lines (
   CONSTRAINT order_lines_one_product_per_order UNIQUE (order_id, product_id)
 );
 
--- The contract's outbox table (CONTRACT.md, "The outbox table"), exactly.
+-- The contract's outbox table (docs/sidecar.md, "The table"), exactly.
 CREATE TABLE outbox (
   id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   event_id          uuid        NOT NULL UNIQUE,
