@@ -6,4 +6,5 @@
 
 mod backlog;
 mod faults;
+mod quickstart;
 mod relay_kill;
