@@ -38,6 +38,13 @@ pub const COMMON_SETTINGS: &[Setting] = &[
     },
 ];
 
+/// The broker, for the binaries that use one.
+pub const AMQP_SETTINGS: &[Setting] = &[Setting {
+    name: "AMQP_URL",
+    default: "amqp://guest:guest@127.0.0.1:5672/%2f",
+    about: "RabbitMQ",
+}];
+
 /// The bearer-token settings of both APIs (`auth::Authenticator::from_env`).
 pub const AUTH_SETTINGS: &[Setting] = &[
     Setting {
@@ -80,15 +87,23 @@ pub fn settings_help(groups: &[&[Setting]]) -> String {
 }
 
 /// Parses the command line; `--help` and `--version` print and exit 0, a usage error prints
-/// one line and exits 2.
+/// one line and exits 2 (a command group given without its subcommand prints its help).
 pub fn parse<T: Parser>() -> T {
     T::try_parse().unwrap_or_else(|e| match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => e.exit(),
+        // A command group without its subcommand (`dlq`): its help, listing them, with status 2.
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
         _ => {
+            // clap's first paragraph says what is wrong (and e.g. the possible values); the
+            // usage and tips after it are what `--help` shows.
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("error: bad arguments");
-            let bin = T::command().get_name().to_owned();
-            eprintln!("{first} (see {bin} --help)");
+            let what: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{} (see {} --help)", what.join(" "), T::command().get_name());
             std::process::exit(2)
         }
     })
