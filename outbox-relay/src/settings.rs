@@ -190,34 +190,6 @@ fn valid_max_age(v: &str) -> bool {
         && num.parse::<u64>().is_ok_and(|n| n > 0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_ages_use_rabbitmq_units() {
-        assert!(valid_max_age("7D"));
-        assert!(valid_max_age("12h"));
-        assert!(!valid_max_age("7d "));
-        assert!(!valid_max_age("D"));
-        assert!(!valid_max_age("0D"));
-        assert!(!valid_max_age("7w"));
-    }
-
-    #[test]
-    fn exchange_names() {
-        assert!(validate_exchange("ordering.events").is_ok());
-        assert!(validate_exchange("test.0b1c-2").is_ok());
-        assert!(validate_exchange("").is_err());
-        assert!(validate_exchange("amq.topic").is_err());
-        assert!(validate_exchange("a b").is_err());
-        assert_eq!(
-            stream_name("ordering.events"),
-            ordering_schema::events::EVENT_LOG_STREAM
-        );
-    }
-}
-
 /// The relay's own settings as `--help` lists them (read above in [`Settings::from_env`]).
 pub const HELP: &[Setting] = &[
     Setting {
@@ -306,3 +278,31 @@ pub const HELP: &[Setting] = &[
         about: "a confirm not received by then counts as lost",
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ages_use_rabbitmq_units() {
+        assert!(valid_max_age("7D"));
+        assert!(valid_max_age("12h"));
+        assert!(!valid_max_age("7d "));
+        assert!(!valid_max_age("D"));
+        assert!(!valid_max_age("0D"));
+        assert!(!valid_max_age("7w"));
+    }
+
+    #[test]
+    fn exchange_names() {
+        assert!(validate_exchange("ordering.events").is_ok());
+        assert!(validate_exchange("test.0b1c-2").is_ok());
+        assert!(validate_exchange("").is_err());
+        assert!(validate_exchange("amq.topic").is_err());
+        assert!(validate_exchange("a b").is_err());
+        assert_eq!(
+            stream_name("ordering.events"),
+            ordering_schema::events::EVENT_LOG_STREAM
+        );
+    }
+}
