@@ -121,3 +121,47 @@ async fn a_minted_token_is_accepted_by_a_running_write_api_with_its_role() {
     let customer = create(mint("customer", Uuid::now_v7())).await.expect("send");
     assert_eq!(customer.status(), 403);
 }
+
+/// The setting names a loader's source reads: its upper-case string literals, before the help
+/// table that follows the loader and before its tests.
+fn names_read_in(path: &str) -> Vec<String> {
+    let source = std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).expect(path);
+    let loader = source.split("pub const HELP").next().unwrap_or_default();
+    let loader = loader.split("#[cfg(test)]").next().unwrap_or_default();
+    loader
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.len() > 2
+                && s.starts_with(|c: char| c.is_ascii_uppercase())
+                && s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--help`'s settings are tables written next to each loader; this keeps them from missing
+/// a setting the loader reads.
+#[test]
+fn help_lists_every_setting_its_binary_reads() {
+    let platform = ["platform/src/telemetry.rs"];
+    let auth = "platform/src/auth.rs";
+    for (package, sources) in [
+        ("write-api", vec!["write-api/src/settings.rs", auth]),
+        ("outbox-relay", vec!["outbox-relay/src/settings.rs"]),
+        ("read-api", vec!["read-api/src/settings.rs", auth]),
+    ] {
+        let out = run_for_output(package, &["--help"], &no_settings());
+        let help = String::from_utf8_lossy(&out.stdout);
+        let names: Vec<String> = sources.iter().chain(&platform).flat_map(|p| names_read_in(p)).collect();
+        assert!(names.len() > 5, "{package}: found only {names:?}");
+        for name in names {
+            assert!(
+                help.contains(&format!("  {name} ")),
+                "{package} --help does not list {name}: {help}"
+            );
+        }
+    }
+}
