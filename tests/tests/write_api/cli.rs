@@ -165,3 +165,18 @@ fn help_lists_every_setting_its_binary_reads() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_failure_exits_1_with_one_line_even_with_rust_backtrace() {
+    let db = TestDatabase::new().await;
+    let env = HashMap::from([
+        ("DATABASE_URL".to_owned(), db.url().to_owned()),
+        ("RUST_BACKTRACE".to_owned(), "1".to_owned()),
+        ("RUST_LOG".to_owned(), "off".to_owned()),
+    ]);
+    let (status, stderr) = run_to_exit("outbox-relay", &["dlq", "discard", "424242"], &env);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let lines = one_line(&stderr);
+    assert_eq!(lines.len(), 1, "want one line, got {stderr:?}");
+    assert!(lines[0].contains("424242"), "{stderr}");
+}
