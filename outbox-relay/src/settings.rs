@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ordering_platform::cli::Setting;
 use ordering_platform::settings::{self, SettingError};
 
 /// Everything the relay can be told. Each field names the variable that sets it.
@@ -188,6 +189,95 @@ fn valid_max_age(v: &str) -> bool {
         && num.chars().all(|c| c.is_ascii_digit())
         && num.parse::<u64>().is_ok_and(|n| n > 0)
 }
+
+/// The relay's own settings as `--help` lists them (read above in [`Settings::from_env`]).
+pub const HELP: &[Setting] = &[
+    Setting {
+        name: "RELAY_ADDR",
+        default: "127.0.0.1:8082",
+        about: "where /health/* and /metrics are served",
+    },
+    Setting {
+        name: "OUTBOX_TABLE",
+        default: "outbox",
+        about: "the table to relay (plain or schema-qualified)",
+    },
+    Setting {
+        name: "OUTBOX_EXCHANGE",
+        default: "ordering.events",
+        about: "the topic exchange; the stream is <exchange>.log",
+    },
+    Setting {
+        name: "EVENT_LOG_MAX_BYTES",
+        default: "5000000000",
+        about: "the stream's size limit",
+    },
+    Setting {
+        name: "EVENT_LOG_MAX_AGE",
+        default: "7D",
+        about: "the stream's age limit (RabbitMQ's format: 7D, 12h, 1Y)",
+    },
+    Setting {
+        name: "OUTBOX_CLEANUP_CRON",
+        default: "0 */5 * * * *",
+        about: "when sent rows past retention are deleted (seconds first)",
+    },
+    Setting {
+        name: "OUTBOX_RETENTION",
+        default: "7d",
+        about: "how long sent rows are kept",
+    },
+    Setting {
+        name: "OUTBOX_CLEANUP_BATCH",
+        default: "1000",
+        about: "rows deleted per statement",
+    },
+    Setting {
+        name: "RELAY_PARTITIONS",
+        default: "16",
+        about: "partitions leased to instances (the same on every instance)",
+    },
+    Setting {
+        name: "RELAY_WINDOW",
+        default: "256",
+        about: "outstanding publisher confirms",
+    },
+    Setting {
+        name: "RELAY_BATCH",
+        default: "5000",
+        about: "rows read per round",
+    },
+    Setting {
+        name: "RELAY_POLL_INTERVAL",
+        default: "1s",
+        about: "fallback poll when no notification arrives",
+    },
+    Setting {
+        name: "RELAY_LEASE_TTL",
+        default: "10s",
+        about: "a dead instance's partitions are taken over after this",
+    },
+    Setting {
+        name: "RELAY_MAX_ATTEMPTS",
+        default: "5",
+        about: "broker refusals before a row is dead-lettered",
+    },
+    Setting {
+        name: "RELAY_BREAKER_FAILURES",
+        default: "5",
+        about: "consecutive failures that open a circuit breaker",
+    },
+    Setting {
+        name: "RELAY_BREAKER_COOLDOWN",
+        default: "5s",
+        about: "how long an open breaker waits before its probe",
+    },
+    Setting {
+        name: "RELAY_CONFIRM_TIMEOUT",
+        default: "30s",
+        about: "a confirm not received by then counts as lost",
+    },
+];
 
 #[cfg(test)]
 mod tests {

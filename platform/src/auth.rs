@@ -14,14 +14,14 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::problem::Problem;
 use crate::settings::{self, SettingError};
 
 /// What a caller may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
     Customer,
     Admin,
@@ -52,6 +52,51 @@ impl Caller {
             ))
         }
     }
+}
+
+impl Role {
+    /// The `role` claim's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// `JWT_SECRET`: its bytes as given are the HS256 key, at least 16 of them.
+pub fn jwt_secret_from_env() -> Result<String, SettingError> {
+    match settings::raw("JWT_SECRET") {
+        Some(secret) if secret.len() >= 16 => Ok(secret),
+        Some(_) => Err(SettingError::new("JWT_SECRET", "must be at least 16 bytes long")),
+        None => Err(SettingError::new(
+            "JWT_SECRET",
+            "is required (or set AUTH=off for a local demo)",
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct IssuedClaims<'a> {
+    sub: String,
+    role: &'a str,
+    iat: i64,
+    exp: i64,
+}
+
+/// An HS256 token for `subject` in `role`, valid for `ttl` from now, that [`Authenticator`]
+/// with the same `secret` accepts (`write-api token`: demos, tests and operations).
+pub fn issue_hs256(secret: &[u8], subject: Uuid, role: Role, ttl: std::time::Duration) -> String {
+    let iat = chrono::Utc::now().timestamp();
+    let claims = IssuedClaims {
+        sub: subject.to_string(),
+        role: role.as_str(),
+        iat,
+        exp: iat.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    // Encoding claims of plain strings and numbers with an HMAC key cannot fail.
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).expect("encode HS256 token")
 }
 
 /// Verifies bearer tokens.
@@ -159,16 +204,10 @@ impl Authenticator {
                 tracing::warn!("AUTH=off: every caller is treated as an admin; never run this way in production");
                 Ok(Self::disabled())
             }
-            None | Some("on") => match settings::raw("JWT_SECRET") {
-                Some(secret) if secret.len() >= 16 => {
-                    Ok(Self::hs256_expecting(secret.as_bytes(), &ExpectedClaims::from_env()?))
-                }
-                Some(_) => Err(SettingError::new("JWT_SECRET", "must be at least 16 bytes long")),
-                None => Err(SettingError::new(
-                    "JWT_SECRET",
-                    "is required (or set AUTH=off for a local demo)",
-                )),
-            },
+            None | Some("on") => Ok(Self::hs256_expecting(
+                jwt_secret_from_env()?.as_bytes(),
+                &ExpectedClaims::from_env()?,
+            )),
             Some(other) => Err(SettingError::new("AUTH", format!("{other:?} is not on or off"))),
         }
     }

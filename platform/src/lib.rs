@@ -1,5 +1,6 @@
 //! Runtime plumbing shared by the ordering services, so each concept lives in one place:
 //!
+//! - [`cli`]: command-line parsing, `--help`'s settings listing and the exit codes;
 //! - [`settings`]: typed environment settings; a bad one stops the service with exit status 2
 //!   and one line naming it;
 //! - [`telemetry`]: structured `tracing` logs (`RUST_LOG`, `LOG_FORMAT`);
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod cli;
 pub mod db;
 pub mod http;
 pub mod listen;

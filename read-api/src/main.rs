@@ -1,47 +1,56 @@
 //! `read-api [serve]` serves HTTP and runs the projector in the same process (applying
 //! pending migrations first); `read-api migrate` only applies them; `read-api rebuild
-//! [--from-available]` rebuilds the views from the event stream.
+//! [--from-available]` rebuilds the views from the event stream. Arguments are parsed before
+//! any setting is read, so `--help` needs none.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Parser, Subcommand};
+use ordering_platform::cli::{self, AMQP_SETTINGS, AUTH_SETTINGS, COMMON_SETTINGS};
 use ordering_platform::settings::SettingError;
 use ordering_platform::{http, shutdown, telemetry};
+use read_api::settings::HELP;
 use read_api::{Service, Settings, rebuild};
 
-const USAGE: &str = "usage: read-api [serve | migrate | rebuild [--from-available]]";
+/// The read side of ordering: projects the events into views and serves queries on them.
+#[derive(Parser)]
+#[command(name = "read-api", version, after_help = cli::settings_help(&[COMMON_SETTINGS, AMQP_SETTINGS, AUTH_SETTINGS, HELP]))]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations, then serve HTTP and project events (the default)
+    Serve,
+    /// Apply pending view migrations and exit
+    Migrate,
+    /// Rebuild the views from the event stream, then swap them in
+    Rebuild {
+        /// Start from the oldest event the stream still holds, even if older ones were dropped
+        #[arg(long)]
+        from_available: bool,
+    },
+}
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if matches!(args.first().map(String::as_str), Some("-h" | "--help")) {
-        println!("{USAGE}");
-        return Ok(());
-    }
+async fn main() -> ExitCode {
+    let command = cli::parse::<Cli>().command.unwrap_or(Command::Serve);
     telemetry::init().unwrap_or_else(|e| e.exit());
     let settings = Settings::from_env().unwrap_or_else(|e| e.exit());
-    match args.first().map(String::as_str) {
-        None | Some("serve") => serve(settings).await,
-        Some("migrate") => {
-            let applied = read_api::migrate::run(&settings.database_url).await?;
-            tracing::info!(?applied, "view migrations up to date");
-            Ok(())
-        }
-        Some("rebuild") => {
-            let from_available = match args.get(1).map(String::as_str) {
-                None => false,
-                Some("--from-available") => true,
-                Some(other) => {
-                    eprintln!("unknown option {other:?}; {USAGE}");
-                    std::process::exit(2);
-                }
-            };
-            run_rebuild(settings, from_available).await
-        }
-        Some(other) => {
-            eprintln!("unknown command {other:?}; {USAGE}");
-            std::process::exit(2);
-        }
-    }
+    cli::exit_code(match command {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => migrate(&settings).await,
+        Command::Rebuild { from_available } => run_rebuild(settings, from_available).await,
+    })
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let applied = read_api::migrate::run(&settings.database_url).await?;
+    tracing::info!(?applied, "view migrations up to date");
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

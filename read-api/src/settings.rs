@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use ordering_platform::auth::Authenticator;
+use ordering_platform::cli::Setting;
 use ordering_platform::http::layers::HttpLimits;
 use ordering_platform::settings::{self, SettingError};
 use ordering_schema::consistency::ConsistencyKey;
@@ -172,3 +173,97 @@ impl Settings {
         })
     }
 }
+
+/// The read-api's own settings as `--help` lists them (read above in [`Settings::from_env`]).
+pub const HELP: &[Setting] = &[
+    Setting {
+        name: "READ_API_ADDR",
+        default: "127.0.0.1:8081",
+        about: "where it listens",
+    },
+    Setting {
+        name: "READ_DATABASE_URL",
+        default: "= DATABASE_URL",
+        about: "where the views live",
+    },
+    Setting {
+        name: "READ_POOL_SIZE",
+        default: "16",
+        about: "database connections",
+    },
+    Setting {
+        name: "REDIS_URL",
+        default: "redis://127.0.0.1:6379/0",
+        about: "Redis; redis+cluster://h1:p1,h2:p2 for a cluster",
+    },
+    Setting {
+        name: "REDIS_KEY_PREFIX",
+        default: "ordering:read:",
+        about: "prefix of every cache key",
+    },
+    Setting {
+        name: "REDIS_TIMEOUT_MS",
+        default: "100",
+        about: "bound on every Redis call (past it, PostgreSQL answers)",
+    },
+    Setting {
+        name: "CACHE_TTL",
+        default: "10m",
+        about: "lifetime of a Redis entry",
+    },
+    Setting {
+        name: "LOCAL_CACHE_TTL",
+        default: "5s",
+        about: "lifetime of an in-process entry",
+    },
+    Setting {
+        name: "CURSOR_SECRET",
+        default: "= JWT_SECRET",
+        about: "signs list cursors",
+    },
+    Setting {
+        name: "CONSISTENCY_WAIT_MS",
+        default: "3000",
+        about: "longest wait for an X-Consistency-Token",
+    },
+    Setting {
+        name: "CONSISTENCY_MAX_WAITERS",
+        default: "512",
+        about: "requests that may wait for the views at once (1 to 1023)",
+    },
+    Setting {
+        name: "EVENTS_EXCHANGE",
+        default: "ordering.events",
+        about: "the exchange the projector consumes",
+    },
+    Setting {
+        name: "PROJECTOR_QUEUE",
+        default: "read-api.projector",
+        about: "the projector's quorum queue (dead letters: <queue>.dead)",
+    },
+    Setting {
+        name: "EVENT_LOG_STREAM",
+        default: "<exchange>.log",
+        about: "the stream rebuild replays",
+    },
+    Setting {
+        name: "PROJECTOR",
+        default: "on",
+        about: "off serves queries only",
+    },
+    Setting {
+        name: "PROJECTOR_WORKERS",
+        default: "8",
+        about: "aggregates applied in parallel",
+    },
+    Setting {
+        name: "PROJECTOR_PREFETCH",
+        default: "1024",
+        about: "unacknowledged deliveries at most",
+    },
+    Setting {
+        name: "GAP_TIMEOUT",
+        default: "60s",
+        about: "how long events parked behind a missing predecessor wait",
+    },
+];

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -164,15 +164,19 @@ pub fn free_addr_unless_set(cmd: &mut Command, package: &str, env: &HashMap<Stri
 /// Runs `package`'s binary to completion with `args` and `env` (listening, if it gets that far,
 /// on a free port unless `env` gives an address), and returns its exit status and standard error.
 pub fn run_to_exit(package: &str, args: &[&str], env: &HashMap<String, String>) -> (ExitStatus, String) {
+    let out = run_for_output(package, args, env);
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// [`run_to_exit`], keeping standard output too (`--help`, `write-api token`).
+pub fn run_for_output(package: &str, args: &[&str], env: &HashMap<String, String>) -> Output {
     let mut cmd = Command::new(binary(package));
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env);
     free_addr_unless_set(&mut cmd, package, env);
-    let out = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("run {package}: {e}"));
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+        .unwrap_or_else(|e| panic!("run {package}: {e}"))
 }

@@ -1,32 +1,70 @@
 //! `write-api [serve]` runs the service (applying pending migrations first);
-//! `write-api migrate` only applies them.
+//! `write-api migrate` only applies them; `write-api token` prints a bearer token.
+//! Arguments are parsed before any setting is read, so `--help` needs none.
 
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ordering_platform::auth::{self, Role};
+use ordering_platform::cli::{self, AUTH_SETTINGS, COMMON_SETTINGS};
 use ordering_platform::{http, settings::SettingError, shutdown, telemetry};
 use ordering_schema::migrate;
-use write_api::{AppState, Settings};
+use uuid::Uuid;
+use write_api::{AppState, Settings, settings::HELP};
 
-const USAGE: &str = "usage: write-api [serve | migrate]";
+/// The write side of ordering: commands on products and orders, each with its outbox event.
+#[derive(Parser)]
+#[command(name = "write-api", version, after_help = cli::settings_help(&[COMMON_SETTINGS, AUTH_SETTINGS, HELP]))]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations, then serve HTTP (the default)
+    Serve,
+    /// Apply pending migrations and exit
+    Migrate,
+    /// Print a bearer token signed with JWT_SECRET (for demos, tests and operations)
+    Token {
+        /// The caller's id (a UUID): a customer's id, or an admin's
+        #[arg(long)]
+        sub: Uuid,
+        /// What the caller may do
+        #[arg(long, value_enum)]
+        role: Role,
+        /// How long the token is valid: 250ms, 30s, 5m, 12h, 7d
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+}
+
+fn parse_ttl(v: &str) -> Result<Duration, String> {
+    ordering_platform::settings::parse_duration(v)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "not a positive duration like 30s, 5m, 1h or 7d".to_owned())
+}
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let command = std::env::args().nth(1);
-    if matches!(command.as_deref(), Some("-h" | "--help")) {
-        println!("{USAGE}");
-        return Ok(());
+async fn main() -> ExitCode {
+    match cli::parse::<Cli>().command.unwrap_or(Command::Serve) {
+        Command::Serve => cli::exit_code(serve(settings()).await),
+        Command::Migrate => cli::exit_code(apply_migrations(&settings()).await),
+        Command::Token { sub, role, ttl } => {
+            // Only the secret: minting a token needs no database or other setting.
+            let secret = auth::jwt_secret_from_env().unwrap_or_else(|e| e.exit());
+            println!("{}", auth::issue_hs256(secret.as_bytes(), sub, role, ttl));
+            ExitCode::SUCCESS
+        }
     }
+}
+
+/// Logging, then the settings; a bad one exits 2 with one line naming it.
+fn settings() -> Settings {
     telemetry::init().unwrap_or_else(|e| e.exit());
-    let settings = Settings::from_env().unwrap_or_else(|e| e.exit());
-    match command.as_deref() {
-        None | Some("serve") => serve(settings).await,
-        Some("migrate") => {
-            apply_migrations(&settings).await?;
-            Ok(())
-        }
-        Some(other) => {
-            eprintln!("unknown command {other:?}; {USAGE}");
-            std::process::exit(2);
-        }
-    }
+    Settings::from_env().unwrap_or_else(|e| e.exit())
 }
 
 async fn apply_migrations(settings: &Settings) -> anyhow::Result<()> {

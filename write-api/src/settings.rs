@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ordering_platform::auth::Authenticator;
+use ordering_platform::cli::Setting;
 use ordering_platform::http::layers::HttpLimits;
 use ordering_platform::settings::{self, SettingError};
 use ordering_schema::consistency::ConsistencyKey;
@@ -90,3 +91,32 @@ fn consistency_key() -> Result<ConsistencyKey, SettingError> {
     )
     .map_err(|e| SettingError::new("CONSISTENCY_SECRET", e))
 }
+
+/// The write-api's own settings as `--help` lists them (read above in [`Settings::from_env`]).
+pub const HELP: &[Setting] = &[
+    Setting {
+        name: "WRITE_API_ADDR",
+        default: "127.0.0.1:8080",
+        about: "where it listens",
+    },
+    Setting {
+        name: "DB_POOL_SIZE",
+        default: "16",
+        about: "most database connections",
+    },
+    Setting {
+        name: "REQUEST_TIMEOUT",
+        default: "10s",
+        about: "a longer request is answered 503 and rolled back",
+    },
+    Setting {
+        name: "MAX_CONCURRENT_REQUESTS",
+        default: "512",
+        about: "requests served at once",
+    },
+    Setting {
+        name: "IDEMPOTENCY_TTL",
+        default: "24h",
+        about: "how long Idempotency-Keys are kept (at least 24h)",
+    },
+];

@@ -7,6 +7,7 @@
 mod auth;
 mod bad_input;
 mod catalog;
+mod cli;
 mod concurrency;
 mod disconnects;
 mod idempotency;
