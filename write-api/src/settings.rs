@@ -119,4 +119,9 @@ pub const HELP: &[Setting] = &[
         default: "24h",
         about: "how long Idempotency-Keys are kept (at least 24h)",
     },
+    Setting {
+        name: "READ_API_URL",
+        default: "http://127.0.0.1:8081",
+        about: "the read-api's public URL, where Location headers point",
+    },
 ];
