@@ -86,7 +86,12 @@ struct IssuedClaims<'a> {
 
 /// An HS256 token for `subject` in `role`, valid for `ttl` from now, that [`Authenticator`]
 /// with the same `secret` accepts (`write-api token`: demos, tests and operations).
-pub fn issue_hs256(secret: &[u8], subject: Uuid, role: Role, ttl: std::time::Duration) -> String {
+pub fn issue_hs256(
+    secret: &[u8],
+    subject: Uuid,
+    role: Role,
+    ttl: std::time::Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let iat = chrono::Utc::now().timestamp();
     let claims = IssuedClaims {
         sub: subject.to_string(),
@@ -95,8 +100,7 @@ pub fn issue_hs256(secret: &[u8], subject: Uuid, role: Role, ttl: std::time::Dur
         exp: iat.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
     };
     let key = jsonwebtoken::EncodingKey::from_secret(secret);
-    // Encoding claims of plain strings and numbers with an HMAC key cannot fail.
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).expect("encode HS256 token")
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
 }
 
 /// Verifies bearer tokens.

@@ -62,7 +62,9 @@ pub enum TokenError {
 /// Signs and verifies consistency tokens.
 #[derive(Clone)]
 pub struct ConsistencyKey {
-    key: Arc<[u8]>,
+    /// The HMAC keyed once, with the format prefix already fed: each token clones this state
+    /// instead of hashing the key again.
+    keyed: Arc<Hmac<Sha256>>,
 }
 
 impl std::fmt::Debug for ConsistencyKey {
@@ -78,7 +80,9 @@ impl ConsistencyKey {
         // Domain separation: the JWT secret may be reused here (and for cursors).
         let mut key = b"ordering-consistency-token:".to_vec();
         key.extend_from_slice(secret);
-        Self { key: key.into() }
+        let mut keyed = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes keys of any length");
+        keyed.update(PREFIX.as_bytes());
+        Self { keyed: Arc::new(keyed) }
     }
 
     /// The key from `CONSISTENCY_SECRET`, else `JWT_SECRET`, else (possible only with
@@ -98,9 +102,7 @@ impl ConsistencyKey {
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        m.update(PREFIX.as_bytes());
-        m
+        Hmac::clone(&self.keyed)
     }
 
     /// The `X-Consistency-Token` header value of `token`.
@@ -146,7 +148,10 @@ impl ConsistencyKey {
                     _ => return Err(TokenError::Malformed),
                 };
                 let id = Uuid::from_slice(&c[1..17]).map_err(|_| TokenError::Malformed)?;
-                let version = i64::from_be_bytes(c[17..25].try_into().expect("8 bytes"));
+                let version = c[17..]
+                    .first_chunk()
+                    .map(|b| i64::from_be_bytes(*b))
+                    .ok_or(TokenError::Malformed)?;
                 if version < 1 {
                     return Err(TokenError::Malformed);
                 }

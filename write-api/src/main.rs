@@ -55,8 +55,8 @@ async fn main() -> ExitCode {
         Command::Token { sub, role, ttl } => {
             // Only the secret: minting a token needs no database or other setting.
             let secret = auth::jwt_secret_from_env().unwrap_or_else(|e| e.exit());
-            println!("{}", auth::issue_hs256(secret.as_bytes(), sub, role, ttl));
-            ExitCode::SUCCESS
+            let token = auth::issue_hs256(secret.as_bytes(), sub, role, ttl);
+            cli::exit_code(token.map(|t| println!("{t}")).map_err(Into::into))
         }
     }
 }
