@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
+use ordering_platform::backoff;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -85,12 +86,7 @@ fn returned_reason(r: &lapin::message::BasicReturnMessage) -> String {
 }
 
 fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .without_max_times()
-        .build()
+    backoff::endless(Duration::from_millis(100), Duration::from_secs(10)).build()
 }
 
 /// A batch read from the outbox, ready to publish.

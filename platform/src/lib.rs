@@ -13,10 +13,12 @@
 //! - [`db`]: the PostgreSQL pool, with bounded waits;
 //! - [`breaker`]: the circuit breaker guarding a dependency (the relay's PostgreSQL and
 //!   RabbitMQ, the read-api's Redis);
+//! - [`backoff`]: the one retry schedule (jittered exponential, endless);
 //! - [`listen`]: the LISTEN loop woken by PostgreSQL notifications, reconnecting with backoff;
 //! - [`shutdown`]: the SIGTERM / Ctrl-C signal.
 
 pub mod auth;
+pub mod backoff;
 pub mod breaker;
 pub mod cli;
 pub mod db;

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff};
 use diesel::pg::PgNotification;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
@@ -117,12 +117,7 @@ impl Listener {
     }
 
     fn backoff(&self) -> ExponentialBackoff {
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .without_max_times()
-            .build()
+        crate::backoff::endless(self.min_delay, self.max_delay).build()
     }
 
     async fn connect(&self) -> Result<AsyncPgConnection, ListenError> {

@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::Acker;
 use lapin::options::{
@@ -60,6 +60,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
+use ordering_platform::backoff;
 use ordering_platform::db::PgPool;
 use ordering_schema::events::AggregateType;
 use tokio::sync::mpsc;
@@ -161,14 +162,7 @@ impl Projector {
     /// Consumes until `stop`, reconnecting with backoff when the broker goes away. On `stop`
     /// it cancels the consumer, lets the workers finish what they were given, and closes.
     pub async fn run(self, stop: CancellationToken) {
-        let backoff = || {
-            ExponentialBuilder::default()
-                .with_jitter()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(10))
-                .without_max_times()
-                .build()
-        };
+        let backoff = || backoff::endless(Duration::from_millis(200), Duration::from_secs(10)).build();
         let mut delays = backoff();
         while !stop.is_cancelled() {
             match self.session(&stop).await {

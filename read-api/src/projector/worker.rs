@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use ordering_platform::backoff;
 use ordering_schema::events::AggregateType;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -258,13 +259,7 @@ impl Projector {
     ) -> Option<Result<Committed, CommitError>> {
         let mut unexpected = 0;
         let attempts = (|| self.transaction(works, also))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times(),
-            )
+            .retry(backoff::endless(Duration::from_millis(50), Duration::from_secs(5)))
             .when(|e| match failure::classify(e) {
                 Failure::Transient => true,
                 Failure::Refused => false,
