@@ -173,7 +173,9 @@ impl Product {
                 requested: -delta,
             });
         }
-        if new_stock > values::STOCK_MAX {
+        // Only raising is bounded: a cancellation may have returned goods above the limit, and
+        // the operator must still be able to take stock down from there.
+        if delta > 0 && new_stock > values::STOCK_MAX {
             return Err(DomainError::field("delta", "would take stock above 1000000000"));
         }
         self.state.stock = new_stock;
@@ -674,6 +676,17 @@ pub(crate) mod tests {
         let mut p = Product::from_state(state);
         p.release(5, t0());
         assert_eq!(p.state().stock, i64::MAX);
+    }
+
+    #[test]
+    fn stock_returned_above_the_limit_can_still_be_lowered() {
+        let mut p = product();
+        p.adjust_stock(values::STOCK_MAX - 10, None, t0()).unwrap();
+        p.release(8, t0());
+        assert_eq!(p.state().stock, values::STOCK_MAX + 8);
+        assert_eq!(fields(p.adjust_stock(1, None, t0()).unwrap_err()), ["delta"]);
+        p.adjust_stock(-1, None, t0()).unwrap();
+        assert_eq!(p.state().stock, values::STOCK_MAX + 7);
     }
 
     #[test]
