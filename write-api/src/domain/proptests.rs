@@ -325,10 +325,12 @@ proptest! {
             for (i, p) in w.products.iter().enumerate() {
                 let stock = p.state().stock;
                 prop_assert!(stock >= 0, "stock {} of product {}", stock, i);
-                if let Command::Adjust { product, delta, .. } = cmd {
-                    if *product == i && *delta > 0 && stock != products_before[i].state().stock {
-                        prop_assert!(stock <= STOCK_MAX, "adjusted stock {} of product {}", stock, i);
-                    }
+                if let Command::Adjust { product, delta, .. } = cmd
+                    && *product == i
+                    && *delta > 0
+                    && stock != products_before[i].state().stock
+                {
+                    prop_assert!(stock <= STOCK_MAX, "adjusted stock {} of product {}", stock, i);
                 }
                 let expected = w.initial_stock[i] + w.adjusted[i] - reserved.get(&p.id()).copied().unwrap_or(0);
                 prop_assert_eq!(stock, expected, "stock of product {} after {:?}", i, cmd);
