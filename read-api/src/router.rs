@@ -61,13 +61,13 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
     );
 }
 
-/// The whole HTTP application: queries, `/openapi.json`, ops endpoints, middleware.
+/// The whole HTTP application: queries, `/openapi.json`, `/docs`, ops endpoints, middleware.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
     let (queries, mut doc) = api().split_for_parts();
     document_problems(&mut doc);
     let readiness = readiness(&state);
     let app = queries
-        .route("/openapi.json", openapi::serve(&doc))
+        .merge(openapi::routes(&doc))
         .with_state(state)
         .merge(ops::router(readiness));
     layers::wrap(app, limits)

@@ -2,6 +2,8 @@
 //! test (a database cloned from a migrated template, unique exchange/queue names, a Redis key
 //! prefix), and helpers to run the services in-process or as child processes.
 
+pub mod api_docs;
+pub mod browser;
 pub mod pipeline;
 pub mod process;
 pub mod read_app;

@@ -23,6 +23,8 @@ use crate::commands::{adjust_stock, cancel_order, create_product, pay_order, pla
     info(title = "ordering write-api", description = "Catalog and order commands. Each command changes its aggregates and writes their events to the outbox in one transaction."),
     components(schemas(Problem, FieldProblem)),
     modifiers(&BearerAuth),
+    // Every command needs a token: declared once so Swagger UI's "Authorize" applies to all.
+    security(("bearer" = [])),
     tags((name = "catalog"), (name = "orders"))
 )]
 struct ApiDoc;
@@ -69,7 +71,7 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
     );
 }
 
-/// The whole HTTP application: commands, `/openapi.json`, ops endpoints, middleware.
+/// The whole HTTP application: commands, `/openapi.json`, `/docs`, ops endpoints, middleware.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
     let (commands, mut doc) = api().split_for_parts();
     document_problems(&mut doc);
@@ -86,7 +88,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         })
     });
     let app = commands
-        .route("/openapi.json", openapi::serve(&doc))
+        .merge(openapi::routes(&doc))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
         .merge(ops::router(readiness));

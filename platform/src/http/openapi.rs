@@ -1,15 +1,17 @@
 //! What both APIs' OpenAPI documents share: the bearer-token scheme, error answers described as
 //! they really are (`application/problem+json`, with the statuses any operation can give whatever
-//! its handler says), and serving the document.
+//! its handler says), and serving the document with interactive docs over it.
 //!
 //! Clients and tools such as Schemathesis check answers against the document, so a document that
 //! calls errors `application/json`, or leaves out the 401 the auth layer gives, is a broken
 //! contract even when every answer is right.
 
+use axum::Router;
 use axum::http::header::CONTENT_TYPE;
-use axum::routing::{MethodRouter, get};
+use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 /// The media type of every error answer (docs/api.md, "Errors").
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -78,11 +80,29 @@ pub fn document_problems(doc: &mut OpenApi, common: &[ProblemAnswer], on_id: &[P
     }
 }
 
-/// `GET /openapi.json`: the document, serialised once.
-pub fn serve<S: Clone + Send + Sync + 'static>(doc: &OpenApi) -> MethodRouter<S> {
+/// Where the document is served.
+pub const DOCUMENT_PATH: &str = "/openapi.json";
+/// Where the interactive docs (Swagger UI) are served.
+pub const UI_PATH: &str = "/docs";
+
+/// `GET /openapi.json` (the document, serialised once) and `GET /docs` (Swagger UI over it).
+///
+/// Swagger UI's assets are compiled into the binary (`utoipa-swagger-ui`'s `vendored` feature),
+/// so the page works where the service cannot reach the internet; the online validator badge is
+/// switched off for the same reason. The UI reads the same `/openapi.json` clients use rather
+/// than a copy, so what the page shows is what the service promises.
+pub fn routes<S: Clone + Send + Sync + 'static>(doc: &OpenApi) -> Router<S> {
     let body = bytes::Bytes::from(serde_json::to_vec(doc).expect("an OpenAPI document always serialises"));
-    get(move || {
+    let document = get(move || {
         let body = body.clone();
         async move { ([(CONTENT_TYPE, "application/json")], body) }
-    })
+    });
+    let ui = SwaggerUi::new(UI_PATH).config(
+        Config::new([DOCUMENT_PATH])
+            .try_it_out_enabled(true)
+            .persist_authorization(true)
+            .display_request_duration(true)
+            .validator_url("none"),
+    );
+    Router::new().route(DOCUMENT_PATH, document).merge(ui)
 }

@@ -135,7 +135,7 @@ pub async fn list_orders(
 
 /// A customer's summary: order counts, money spent per currency, last order time.
 #[utoipa::path(
-    get, path = "/v1/customers/{customer_id}/summary", tag = "customers",
+    get, operation_id = "customer_summary", path = "/v1/customers/{customer_id}/summary", tag = "customers",
     params(("customer_id" = uuid::Uuid, Path, description = "the customer's id (anything but a UUID is 404)"), ("X-Consistency-Token" = Option<String>, Header), ("If-None-Match" = Option<String>, Header)),
     responses(
         (status = 200, body = CustomerSummary, headers(("ETag" = String), ("X-Cache" = String))),

@@ -6,6 +6,7 @@
 //! fewer binaries build faster and take a fraction of the disk.
 
 mod backlog;
+mod browser;
 mod container;
 mod faults;
 mod quickstart;

@@ -1,6 +1,7 @@
 //! Operational endpoints of the write-api: health, readiness over PostgreSQL, Prometheus
 //! metrics, the OpenAPI document, and problem bodies for unknown routes and wrong methods.
 
+use ordering_tests::api_docs::assert_docs_served;
 use ordering_tests::write_app::{WriteApp, admin_token, answer};
 use reqwest::Method;
 use serde_json::json;
@@ -82,6 +83,29 @@ async fn openapi_lists_every_command_path_with_its_method() {
     for s in ["ProductData", "OrderData", "Problem"] {
         assert!(schemas[s].is_object(), "schema {s} missing");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docs_page_serves_swagger_ui_with_bearer_auth_and_example_bodies() {
+    let app = WriteApp::start().await;
+    let doc = assert_docs_served(&app.client, &app.url("")).await;
+    // Every command needs a token, so "Authorize" must apply to all of them.
+    assert_eq!(doc["security"], json!([{"bearer": []}]), "{doc}");
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    // "Try it out" starts from a body the API accepts.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let example = &op["requestBody"]["content"]["application/json"]["example"];
+            assert!(example.is_object(), "{method} {path} has no example body");
+        }
+    }
+    let example = &doc["paths"]["/v1/products"]["post"]["requestBody"]["content"]["application/json"]["example"];
+    let created = answer(app.post("/v1/products", &admin_token(), example)).await;
+    assert_eq!(
+        created.status, 201,
+        "the documented example is refused: {}",
+        created.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

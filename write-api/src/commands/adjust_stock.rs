@@ -44,8 +44,8 @@ impl Command for AdjustStock {
 
 /// Adjusts a product's stock.
 #[utoipa::path(
-    post, path = "/v1/products/{id}/stock-adjustments", tag = "catalog",
-    request_body = AdjustStockRequest,
+    post, operation_id = "adjust_stock", path = "/v1/products/{id}/stock-adjustments", tag = "catalog",
+    request_body(content = AdjustStockRequest, example = json!({"delta": 25, "reason": "delivery from the supplier"})),
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     // The answers every command can give (400, 401, 403, 404 and 412 on an id, 413, 415, 422,
     // 500, 503) are added to the document by `router::document_problems`.

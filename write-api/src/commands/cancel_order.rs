@@ -51,8 +51,8 @@ impl Command for CancelOrder {
 
 /// Cancels an order (its customer or an admin).
 #[utoipa::path(
-    post, path = "/v1/orders/{id}/cancel", tag = "orders",
-    request_body = CancelOrderRequest,
+    post, operation_id = "cancel_order", path = "/v1/orders/{id}/cancel", tag = "orders",
+    request_body(content = CancelOrderRequest, example = json!({"reason": "changed my mind"})),
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     // The answers every command can give (400, 401, 403, 404 and 412 on an id, 413, 415, 422,
     // 500, 503) are added to the document by `router::document_problems`.

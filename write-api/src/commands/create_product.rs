@@ -69,8 +69,8 @@ impl Command for CreateProduct {
 
 /// Creates a product.
 #[utoipa::path(
-    post, path = "/v1/products", tag = "catalog",
-    request_body = CreateProductRequest,
+    post, operation_id = "create_product", path = "/v1/products", tag = "catalog",
+    request_body(content = CreateProductRequest, example = json!({"sku": "WIDGET-1", "name": "Widget", "description": "A blue widget", "price_cents": 1250, "currency": "EUR", "stock": 100})),
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters"),
     ),

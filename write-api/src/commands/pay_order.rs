@@ -38,8 +38,8 @@ impl Command for PayOrder {
 
 /// Pays an order (its customer or an admin).
 #[utoipa::path(
-    post, path = "/v1/orders/{id}/pay", tag = "orders",
-    request_body = PayOrderRequest,
+    post, operation_id = "pay_order", path = "/v1/orders/{id}/pay", tag = "orders",
+    request_body(content = PayOrderRequest, example = json!({"payment_reference": "PAY-2026-0001"})),
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     // The answers every command can give (400, 401, 403, 404 and 412 on an id, 413, 415, 422,
     // 500, 503) are added to the document by `router::document_problems`.

@@ -63,8 +63,8 @@ impl Command for PlaceOrderCommand {
 
 /// Places an order.
 #[utoipa::path(
-    post, path = "/v1/orders", tag = "orders",
-    request_body = PlaceOrderRequest,
+    post, operation_id = "place_order", path = "/v1/orders", tag = "orders",
+    request_body(content = PlaceOrderRequest, example = json!({"lines": [{"product_id": "0193a6f0-5c2e-7d41-9a8b-3f1e2d4c5b6a", "quantity": 2}]})),
     params(("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters")),
     // The answers every command can give (400, 401, 403, 404 and 412 on an id, 413, 415, 422,
     // 500, 503) are added to the document by `router::document_problems`.

@@ -31,8 +31,8 @@ impl Command for ShipOrder {
 
 /// Ships an order.
 #[utoipa::path(
-    post, path = "/v1/orders/{id}/ship", tag = "orders",
-    request_body = ShipOrderRequest,
+    post, operation_id = "ship_order", path = "/v1/orders/{id}/ship", tag = "orders",
+    request_body(content = ShipOrderRequest, example = json!({})),
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     // The answers every command can give (400, 401, 403, 404 and 412 on an id, 413, 415, 422,
     // 500, 503) are added to the document by `router::document_problems`.

@@ -39,8 +39,8 @@ impl Command for UpdateProduct {
 
 /// Updates a product.
 #[utoipa::path(
-    patch, path = "/v1/products/{id}", tag = "catalog",
-    request_body = UpdateProductRequest,
+    patch, operation_id = "update_product", path = "/v1/products/{id}", tag = "catalog",
+    request_body(content = UpdateProductRequest, example = json!({"name": "Widget (blue)", "price_cents": 1400})),
     params(
         ("id" = Uuid, Path),
         ("If-Match" = Option<String>, Header, description = "\"<version>\" or *"),
