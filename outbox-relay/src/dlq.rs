@@ -23,10 +23,12 @@ const HEADERS: [&str; 6] = [
     "DEAD SINCE",
     "LAST ERROR",
 ];
-/// Long aggregates and event types (a poison row's may be hundreds of characters) are cut so
-/// that the error keeps most of the line.
-const MAX_AGGREGATE: usize = 40;
+/// Event types are cut here (a poison row's may be hundreds of characters long).
 const MAX_EVENT_TYPE: usize = 32;
+/// Aggregates are cut in the middle, keeping their type and the end of their id, to at most
+/// this (room for `product/<uuid>`), and down to [`MIN_AGGREGATE`] if the line is short.
+const MAX_AGGREGATE: usize = 48;
+const MIN_AGGREGATE: usize = 24;
 /// The error column is never narrower than this, even if the line then overflows.
 const MIN_ERROR: usize = 20;
 const GAP: &str = "  ";
@@ -43,10 +45,7 @@ pub fn table(out: &mut impl Write, page: &DeadLetterPage, table: &str, width: us
         .map(|d| {
             [
                 d.outbox_id.to_string(),
-                clip(
-                    &printable(&format!("{}/{}", d.aggregate_type, d.aggregate_id), false),
-                    MAX_AGGREGATE,
-                ),
+                printable(&format!("{}/{}", d.aggregate_type, d.aggregate_id), false),
                 clip(&printable(&d.event_type, false), MAX_EVENT_TYPE),
                 d.attempts.to_string(),
                 timestamp(d.dead_at),
@@ -60,17 +59,23 @@ pub fn table(out: &mut impl Write, page: &DeadLetterPage, table: &str, width: us
             *w = (*w).max(cell.chars().count());
         }
     }
-    let before_error: usize = widths[..5].iter().map(|w| w + GAP.len()).sum();
-    let error_width = width.saturating_sub(before_error).max(MIN_ERROR);
+    // What the aggregate and the error share: the line less the other columns and the gaps.
+    let others: usize = [0, 2, 3, 4].iter().map(|&i| widths[i]).sum();
+    let room = width.saturating_sub(others + 5 * GAP.len());
+    // The error keeps MIN_ERROR; past that, the aggregate gives way down to MIN_AGGREGATE.
+    widths[1] = widths[1]
+        .min(MAX_AGGREGATE)
+        .min(room.saturating_sub(MIN_ERROR).max(MIN_AGGREGATE));
+    let error_width = room.saturating_sub(widths[1]).max(MIN_ERROR);
     let header = HEADERS.map(str::to_owned);
     for row in std::iter::once(&header).chain(&rows) {
         let mut line = String::new();
         for (i, (cell, w)) in row[..5].iter().zip(widths).enumerate() {
-            // Numbers right-aligned, as people compare them by their last digits.
-            if i == 0 || i == 3 {
-                line.push_str(&format!("{cell:>w$}{GAP}"));
-            } else {
-                line.push_str(&format!("{cell:<w$}{GAP}"));
+            match i {
+                // Numbers right-aligned, as people compare them by their last digits.
+                0 | 3 => line.push_str(&format!("{cell:>w$}{GAP}")),
+                1 => line.push_str(&format!("{:<w$}{GAP}", clip_middle(cell, w))),
+                _ => line.push_str(&format!("{cell:<w$}{GAP}")),
             }
         }
         line.push_str(&clip(&row[5], error_width));
@@ -161,13 +166,27 @@ fn printable(s: &str, keep_lines: bool) -> String {
         .collect()
 }
 
-/// `s` cut to at most `max` characters, the cut marked with `…`.
+/// `s` cut at its end to at most `max` characters, the cut marked with `…`.
 fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
     }
     let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
     out.push('…');
+    out
+}
+
+/// `s` cut in its middle to at most `max` characters, keeping both ends.
+fn clip_middle(s: &str, max: usize) -> String {
+    let len = s.chars().count();
+    if len <= max {
+        return s.to_owned();
+    }
+    let tail = max.saturating_sub(1) / 2;
+    let head = max.saturating_sub(1) - tail;
+    let mut out: String = s.chars().take(head).collect();
+    out.push('…');
+    out.extend(s.chars().skip(len - tail));
     out
 }
 
@@ -228,6 +247,25 @@ mod tests {
                 .unwrap()
                 .ends_with("broker refused the …")
         );
+    }
+
+    #[test]
+    fn a_long_aggregate_gives_way_in_its_middle_before_the_error_does() {
+        let id = "0193f2a4-7c1e-7b3a-9d2e-5f8a1c2b3d4e";
+        let mut d = letter(1, "order.paid", &"the queue is full; ".repeat(5));
+        d.aggregate_id = id.into();
+        let page = DeadLetterPage {
+            letters: vec![d],
+            total: 1,
+        };
+        let wide = render(&page, 200);
+        assert!(wide.contains(&format!("  order/{id}  ")), "{wide}");
+        let narrow = render(&page, 110);
+        let row = narrow.lines().nth(1).unwrap();
+        assert_eq!(row.chars().count(), 110, "{narrow}");
+        assert!(row.contains("  order/0193f2a4-7…d2e-5f8a1c2b3d4e  order.paid"), "{narrow}");
+        assert!(row.ends_with("  the queue is full; …"), "{narrow}");
+        assert_eq!(clip_middle("abcdef", 4), "ab…f");
     }
 
     #[test]

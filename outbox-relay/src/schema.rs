@@ -201,6 +201,10 @@ pub async fn check(conn: &mut AsyncPgConnection, names: &TableNames) -> Result<(
     let have: Version = diesel::sql_query(format!("SELECT coalesce(max(version), 0) AS v FROM {versions}"))
         .get_result(conn)
         .await?;
+    // No step recorded: a first migration failed after creating the version table.
+    if have.v == 0 {
+        return Err(SchemaError::NotMigrated { table: names.table() });
+    }
     let want = STEPS.len() as i32;
     if have.v < want {
         return Err(SchemaError::Outdated {
