@@ -263,7 +263,10 @@ mod tests {
         let narrow = render(&page, 110);
         let row = narrow.lines().nth(1).unwrap();
         assert_eq!(row.chars().count(), 110, "{narrow}");
-        assert!(row.contains("  order/0193f2a4-7…d2e-5f8a1c2b3d4e  order.paid"), "{narrow}");
+        assert!(
+            row.contains("  order/0193f2a4-7…d2e-5f8a1c2b3d4e  order.paid"),
+            "{narrow}"
+        );
         assert!(row.ends_with("  the queue is full; …"), "{narrow}");
         assert_eq!(clip_middle("abcdef", 4), "ab…f");
     }
