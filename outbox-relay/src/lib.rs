@@ -71,6 +71,7 @@
 //! `OUTBOX_RETENTION` are deleted in small batches on the `OUTBOX_CLEANUP_CRON` schedule.
 
 pub mod broker;
+pub mod dlq;
 pub mod leases;
 pub mod listener;
 pub mod publisher;

@@ -1,10 +1,17 @@
-//! `outbox-relay`: serve (default), `migrate`, `dlq list|replay <id|--all>|discard <id>`.
+//! `outbox-relay`: serve (default), `migrate`, `dlq list [--json] [--limit <n>|--all]`,
+//! `dlq show <id> [--json]`, `dlq replay <id|--all>`, `dlq discard <id>`.
 //! Arguments are parsed before any setting is read, so `--help` needs none.
+//!
+//! Only `serve` and `migrate` run DDL. The `dlq` commands check that the relay's schema is
+//! there and current ([`outbox_relay::schema::check`]) and otherwise say to run `migrate`:
+//! `list` and `show` need nothing but SELECT (and run read-only), `replay` and `discard` the
+//! rights to change rows. The table and record views are [`outbox_relay::dlq`].
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use ordering_platform::cli::{self, AMQP_SETTINGS, COMMON_SETTINGS};
 use ordering_platform::settings::SettingError;
 use outbox_relay::settings::{HELP, Settings};
@@ -31,8 +38,26 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Dlq {
-    /// Print every dead letter, one JSON object a line
-    List,
+    /// List dead letters, oldest first, as a table (the last error cut to fit `COLUMNS`)
+    List {
+        /// One JSON object a line, every field in full (for scripts)
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many; a footer says how many more there are
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+        /// Show every dead letter
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
+    },
+    /// Print one dead letter in full: its fields, last error and payload
+    Show {
+        /// The outbox id of the row (the first column of `dlq list`)
+        id: i64,
+        /// One JSON object (for scripts)
+        #[arg(long)]
+        json: bool,
+    },
     /// Send dead letters again
     Replay {
         /// The outbox id of the row to send again
@@ -81,26 +106,57 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn dlq(settings: &Settings, command: Dlq) -> anyhow::Result<()> {
-    outbox_relay::schema::migrate(&settings.database_url, &settings.table, settings.partitions).await?;
+    let table = &settings.table;
     let mut conn = AsyncPgConnection::establish(&settings.database_url).await?;
-    let mut dlq = DeadLetters::new(&mut conn, &settings.table);
-    match command {
-        Dlq::List => {
-            for d in dlq.list().await? {
-                println!("{}", serde_json::to_string(&d)?);
+    if matches!(command, Dlq::List { .. } | Dlq::Show { .. }) {
+        // Whatever a later change to these queries does, looking never changes anything.
+        conn.batch_execute("SET default_transaction_read_only = on").await?;
+    }
+    outbox_relay::schema::check(&mut conn, table).await?;
+    let mut dlq = DeadLetters::new(&mut conn, table);
+    let mut out = std::io::stdout().lock();
+    let printed = match command {
+        Dlq::List { json, limit, all } => {
+            let page = dlq.list((!all).then_some(limit)).await?;
+            if json {
+                // stdout stays pure NDJSON; what was left out goes to stderr.
+                if let Some(note) = outbox_relay::dlq::more_note(&page) {
+                    eprintln!("{note}");
+                }
+                outbox_relay::dlq::ndjson(&mut out, &page.letters)
+            } else {
+                let width = std::env::var("COLUMNS")
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(outbox_relay::dlq::DEFAULT_WIDTH);
+                outbox_relay::dlq::table(&mut out, &page, &table.table(), width)
             }
         }
-        Dlq::Replay { id: None, .. } => println!("replayed {}", dlq.replay(None).await?),
+        Dlq::Show { id, json } => {
+            let Some(d) = dlq.show(id).await? else {
+                anyhow::bail!("no dead letter with outbox id {id} in {}", table.table());
+            };
+            if json {
+                outbox_relay::dlq::show_json(&mut out, &d)
+            } else {
+                outbox_relay::dlq::show(&mut out, &d)
+            }
+        }
+        Dlq::Replay { id: None, .. } => writeln!(out, "replayed {}", dlq.replay(None).await?),
         Dlq::Replay { id: Some(id), .. } => {
             let n = dlq.replay(Some(id)).await?;
             anyhow::ensure!(n == 1, "no dead letter with outbox id {id}");
-            println!("replayed {n}");
+            writeln!(out, "replayed {n}")
         }
         Dlq::Discard { id } => {
             let n = dlq.discard(id).await?;
             anyhow::ensure!(n == 1, "no dead letter with outbox id {id}");
-            println!("discarded {n}");
+            writeln!(out, "discarded {n}")
         }
+    };
+    match printed.and_then(|()| out.flush()) {
+        // A reader that stopped early (`| head`) is not a failure of the command.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
-    Ok(())
 }

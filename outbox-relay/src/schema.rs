@@ -6,7 +6,8 @@
 //! (`IF NOT EXISTS`, `CREATE OR REPLACE`), runs in a transaction, and is recorded in
 //! `<table>_relay_schema`; the whole run holds an advisory lock keyed by the table name, so
 //! instances starting together apply each step once. Every instance runs this at start;
-//! `outbox-relay migrate` runs it alone.
+//! `outbox-relay migrate` runs it alone. The `dlq` commands never run DDL: they only [`check`]
+//! that the steps they rely on were applied, so they work with a role that cannot create.
 
 use diesel::QueryableByName;
 use diesel::sql_types::Integer;
@@ -140,8 +141,14 @@ CREATE OR REPLACE TRIGGER {b:notify} AFTER INSERT ON {t}
 pub enum SchemaError {
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] diesel::ConnectionError),
-    #[error("database error while migrating: {0}")]
+    #[error("database error on the relay's schema: {0}")]
     Query(#[from] diesel::result::Error),
+    #[error("the relay's schema of {table} is not in this database: run `outbox-relay migrate`")]
+    NotMigrated { table: String },
+    #[error(
+        "the relay's schema of {table} is at version {have}, this outbox-relay needs {want}: run `outbox-relay migrate`"
+    )]
+    Outdated { table: String, have: i32, want: i32 },
     #[error(
         "the outbox has {existing} partitions but RELAY_PARTITIONS is {wanted}: every relay on one outbox must use the same number"
     )]
@@ -176,6 +183,37 @@ pub async fn migrate(database_url: &str, names: &TableNames, partitions: i32) ->
         .execute(&mut conn)
         .await;
     result
+}
+
+/// Checks, without changing anything, that every step of this build was applied to `names`.
+/// A database migrated further by a newer relay passes: steps only ever add.
+pub async fn check(conn: &mut AsyncPgConnection, names: &TableNames) -> Result<(), SchemaError> {
+    let versions = names.object("schema");
+    // to_regclass answers NULL for a missing table instead of failing the statement, and needs
+    // no right on the table itself.
+    let exists: Version = diesel::sql_query("SELECT (to_regclass($1) IS NOT NULL)::int AS v")
+        .bind::<diesel::sql_types::Text, _>(&versions)
+        .get_result(conn)
+        .await?;
+    if exists.v == 0 {
+        return Err(SchemaError::NotMigrated { table: names.table() });
+    }
+    let have: Version = diesel::sql_query(format!("SELECT coalesce(max(version), 0) AS v FROM {versions}"))
+        .get_result(conn)
+        .await?;
+    // No step recorded: a first migration failed after creating the version table.
+    if have.v == 0 {
+        return Err(SchemaError::NotMigrated { table: names.table() });
+    }
+    let want = STEPS.len() as i32;
+    if have.v < want {
+        return Err(SchemaError::Outdated {
+            table: names.table(),
+            have: have.v,
+            want,
+        });
+    }
+    Ok(())
 }
 
 #[derive(QueryableByName)]

@@ -1,7 +1,7 @@
 //! Every SQL statement the relay runs against the outbox and its own tables.
 
 use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Double, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use ordering_platform::db::{PgConn, PgPool};
 use serde::Serialize;
@@ -52,7 +52,7 @@ pub struct Confirmed {
 }
 
 /// A dead-lettered row, as `outbox-relay dlq list` shows it.
-#[derive(Clone, Debug, QueryableByName, Serialize)]
+#[derive(Clone, Debug, PartialEq, QueryableByName, Serialize)]
 pub struct DeadLetter {
     #[diesel(sql_type = BigInt)]
     pub outbox_id: i64,
@@ -72,6 +72,37 @@ pub struct DeadLetter {
     pub last_error: String,
     #[diesel(sql_type = Timestamptz)]
     pub dead_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One page of dead letters, oldest first, and how many there are in all.
+#[derive(Clone, Debug)]
+pub struct DeadLetterPage {
+    pub letters: Vec<DeadLetter>,
+    pub total: i64,
+}
+
+/// A dead letter with its outbox row, as `outbox-relay dlq show` prints it. The row's fields
+/// are `None` only if someone deleted it from the outbox by hand.
+#[derive(Clone, Debug, PartialEq, QueryableByName, Serialize)]
+pub struct DeadLetterDetail {
+    #[diesel(embed)]
+    #[serde(flatten)]
+    pub letter: DeadLetter,
+    /// When the outbox row was written.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub headers: Option<serde_json::Value>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub payload: Option<serde_json::Value>,
+}
+
+#[derive(QueryableByName)]
+struct Counted {
+    #[diesel(embed)]
+    letter: DeadLetter,
+    #[diesel(sql_type = BigInt)]
+    total: i64,
 }
 
 #[derive(QueryableByName)]
@@ -264,6 +295,10 @@ pub async fn cleanup(store: &Store, retention: std::time::Duration, batch: i64) 
     }
 }
 
+/// The columns of [`DeadLetter`], from the dead letters aliased `d`.
+const DEAD_LETTER_COLUMNS: &str = "d.outbox_id, d.event_id, d.aggregate_type, d.aggregate_id, d.sequence, \
+     d.event_type, d.attempts, d.last_error, d.dead_at";
+
 /// The dead-letter commands of the CLI, on one connection.
 pub struct DeadLetters<'a> {
     conn: &'a mut AsyncPgConnection,
@@ -276,15 +311,37 @@ impl<'a> DeadLetters<'a> {
         Self { conn, names }
     }
 
-    /// Every dead letter, oldest first.
-    pub async fn list(&mut self) -> Result<Vec<DeadLetter>, StoreError> {
-        Ok(diesel::sql_query(format!(
-            "SELECT outbox_id, event_id, aggregate_type, aggregate_id, sequence, event_type, attempts, last_error, dead_at \
-             FROM {} ORDER BY outbox_id",
+    /// The oldest `limit` dead letters (all of them with `None`) and how many there are.
+    pub async fn list(&mut self, limit: Option<i64>) -> Result<DeadLetterPage, StoreError> {
+        // The total is counted before the limit applies, in the same statement: one snapshot.
+        let rows: Vec<Counted> = diesel::sql_query(format!(
+            "SELECT {DEAD_LETTER_COLUMNS}, count(*) OVER () AS total FROM {} d ORDER BY outbox_id LIMIT $1",
             self.names.object("dead_letters")
         ))
+        .bind::<Nullable<BigInt>, _>(limit)
         .load(self.conn)
-        .await?)
+        .await?;
+        // Every row carries the same total (`last`, as `first` is diesel's here). No row also
+        // means no total; with no offset that can only be 0.
+        let total = rows.last().map_or(0, |r| r.total);
+        Ok(DeadLetterPage {
+            letters: rows.into_iter().map(|r| r.letter).collect(),
+            total,
+        })
+    }
+
+    /// The dead letter `id` with its outbox row's payload, headers and creation time.
+    pub async fn show(&mut self, id: i64) -> Result<Option<DeadLetterDetail>, StoreError> {
+        let rows: Vec<DeadLetterDetail> = diesel::sql_query(format!(
+            "SELECT {DEAD_LETTER_COLUMNS}, o.created_at, o.headers, o.payload \
+             FROM {} d LEFT JOIN {} o ON o.id = d.outbox_id WHERE d.outbox_id = $1",
+            self.names.object("dead_letters"),
+            self.names.table()
+        ))
+        .bind::<BigInt, _>(id)
+        .load(self.conn)
+        .await?;
+        Ok(rows.into_iter().next())
     }
 
     /// Sends `id` (or every dead letter) again: its attempts start over and its aggregate

@@ -10,3 +10,17 @@ pub mod read_app;
 pub mod relay;
 pub mod test_db;
 pub mod write_app;
+
+/// Runs `work` to its end on a runtime of its own, in a thread of its own: what a `Drop` that
+/// cleans up needs, as it may run inside a runtime (where blocking on another panics) or while
+/// unwinding from a failed test.
+pub fn run_aside(work: impl Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(work);
+    })
+    .join();
+}

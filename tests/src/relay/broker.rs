@@ -177,15 +177,7 @@ impl Drop for TestExchange {
         let mut queues = self.queues.clone();
         queues.push(self.stream());
         let exchange = self.name.clone();
-        // Drop may run inside a runtime or while unwinding: a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(delete(exchange, queues));
-        })
-        .join();
+        crate::run_aside(delete(exchange, queues));
     }
 }
 

@@ -1,10 +1,12 @@
 //! Support for the relay's tests and benchmark: a chaos TCP proxy, the relay binary as a
-//! child process, a RabbitMQ test exchange with a recording consumer, and outbox fillers.
+//! child process, a RabbitMQ test exchange with a recording consumer, outbox fillers, and a
+//! database role that may only read.
 
 pub mod broker;
 pub mod chaos_proxy;
 pub mod outbox;
 pub mod process;
+pub mod reader;
 
 use std::time::Duration;
 

@@ -57,7 +57,7 @@ async fn poison_row_is_dead_lettered_blocks_only_its_aggregate_and_replays() {
         "p-1 waits behind its dead letter"
     );
     assert!(!seen.contains(&r[0]) && !seen.contains(&r[1]));
-    let list = cli(&env, &["dlq", "list"]);
+    let list = cli(&env, &["dlq", "list", "--json"]);
     assert_eq!(list.lines().count(), 2, "{list}");
     assert!(
         list.contains(&ids[1].to_string()) && list.contains("routing key"),
@@ -85,7 +85,7 @@ async fn poison_row_is_dead_lettered_blocks_only_its_aggregate_and_replays() {
     .await;
     assert!(!got.event_ids().contains(&r[0]));
     got.check_order().unwrap_err(); // r-1 starts at sequence 2: the discarded event is a known gap.
-    assert_eq!(cli(&env, &["dlq", "list"]).lines().count(), 0);
+    assert_eq!(cli(&env, &["dlq", "list", "--json"]).lines().count(), 0);
     // Order holds for every aggregate but the one whose event was discarded.
     let mut last = std::collections::HashMap::new();
     for d in got.all().iter().filter(|d| d.subject != "r-1") {
@@ -143,10 +143,10 @@ async fn broker_nacks_are_retried_then_dead_lettered_without_reordering() {
     })
     .await;
     wait_until("the refused event to be dead-lettered", WAIT, || async {
-        cli(&env, &["dlq", "list"]).contains(&n[1].to_string())
+        cli(&env, &["dlq", "list", "--json"]).contains(&n[1].to_string())
     })
     .await;
-    let list = cli(&env, &["dlq", "list"]);
+    let list = cli(&env, &["dlq", "list", "--json"]);
     assert!(list.contains("nack") && list.contains("\"attempts\":3"), "{list}");
     // The refused event may have reached the consumer's queue (a nack says nothing about other
     // queues), but nothing after it in its aggregate was published.

@@ -1,4 +1,4 @@
-//! outbox-relay integration tests: delivery, ordering, failures and dead letters (real PostgreSQL
+//! outbox-relay integration tests: delivery, ordering, failures, dead letters and their CLI (real PostgreSQL
 //! and RabbitMQ).
 //!
 //! One test binary per area, not one per file: each binary links the whole dependency set, so
@@ -6,5 +6,6 @@
 
 mod dead_letters;
 mod delivery;
+mod dlq_cli;
 mod failures;
 mod unroutable;

@@ -15,7 +15,9 @@ use ordering_tests::test_db::TestDatabase;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn dead_letters(env: &RelayEnv) -> String {
-    let out = relay_command(env, &["dlq", "list"]).output().expect("run outbox-relay");
+    let out = relay_command(env, &["dlq", "list", "--json"])
+        .output()
+        .expect("run outbox-relay");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8")
 }

@@ -169,6 +169,9 @@ fn help_lists_every_setting_its_binary_reads() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runtime_failure_exits_1_with_one_line_even_with_rust_backtrace() {
     let db = TestDatabase::new().await;
+    // Migrated, so that the failure is the missing dead letter, not the missing schema.
+    let names = outbox_relay::schema::TableNames::parse("outbox").unwrap();
+    outbox_relay::schema::migrate(db.url(), &names, 16).await.unwrap();
     let env = HashMap::from([
         ("DATABASE_URL".to_owned(), db.url().to_owned()),
         ("RUST_BACKTRACE".to_owned(), "1".to_owned()),
