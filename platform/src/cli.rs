@@ -115,8 +115,40 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, each cause once: many error types already quote their
+/// source in their own message (`database error: {0}`), and printing the chain as well said
+/// everything twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database error: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let e = anyhow::Error::new(Quoting(std::io::Error::other("permission denied")));
+        assert_eq!(one_line(&e), "database error: permission denied");
+        let e = anyhow::Error::new(std::io::Error::other("refused")).context("connect to PostgreSQL");
+        assert_eq!(one_line(&e), "connect to PostgreSQL: refused");
     }
 }

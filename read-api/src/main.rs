@@ -39,16 +39,21 @@ enum Command {
 async fn main() -> ExitCode {
     let command = cli::parse::<Cli>().command.unwrap_or(Command::Serve);
     telemetry::init().unwrap_or_else(|e| e.exit());
-    let settings = Settings::from_env().unwrap_or_else(|e| e.exit());
     cli::exit_code(match command {
-        Command::Serve => serve(settings).await,
-        Command::Migrate => migrate(&settings).await,
-        Command::Rebuild { from_available } => run_rebuild(settings, from_available).await,
+        Command::Serve => serve(settings()).await,
+        // Only the database: migrating asks for no secret.
+        Command::Migrate => migrate(&read_api::settings::database_url().unwrap_or_else(|e| e.exit())).await,
+        Command::Rebuild { from_available } => run_rebuild(settings(), from_available).await,
     })
 }
 
-async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let applied = read_api::migrate::run(&settings.database_url).await?;
+/// Every setting; a bad one exits 2 with one line naming it.
+fn settings() -> Settings {
+    Settings::from_env().unwrap_or_else(|e| e.exit())
+}
+
+async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    let applied = read_api::migrate::run(database_url).await?;
     tracing::info!(?applied, "view migrations up to date");
     Ok(())
 }

@@ -51,7 +51,11 @@ fn parse_ttl(v: &str) -> Result<Duration, String> {
 async fn main() -> ExitCode {
     match cli::parse::<Cli>().command.unwrap_or(Command::Serve) {
         Command::Serve => cli::exit_code(serve(settings()).await),
-        Command::Migrate => cli::exit_code(apply_migrations(&settings()).await),
+        Command::Migrate => {
+            telemetry::init().unwrap_or_else(|e| e.exit());
+            let database_url = write_api::settings::database_url().unwrap_or_else(|e| e.exit());
+            cli::exit_code(apply_migrations(&database_url).await)
+        }
         Command::Token { sub, role, ttl } => {
             // Only the secret: minting a token needs no database or other setting.
             let secret = auth::jwt_secret_from_env().unwrap_or_else(|e| e.exit());
@@ -67,14 +71,14 @@ fn settings() -> Settings {
     Settings::from_env().unwrap_or_else(|e| e.exit())
 }
 
-async fn apply_migrations(settings: &Settings) -> anyhow::Result<()> {
-    let applied = migrate::run_pending(&settings.database_url, migrate::WRITE_SIDE, migrate::WRITE_SIDE_LOCK).await?;
+async fn apply_migrations(database_url: &str) -> anyhow::Result<()> {
+    let applied = migrate::run_pending(database_url, migrate::WRITE_SIDE, migrate::WRITE_SIDE_LOCK).await?;
     tracing::info!(applied = ?applied, "migrations up to date");
     Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    apply_migrations(&settings).await?;
+    apply_migrations(&settings.database_url).await?;
     let listener = http::bind("WRITE_API_ADDR", settings.addr)
         .await
         .unwrap_or_else(|e: SettingError| e.exit());

@@ -183,3 +183,22 @@ async fn a_runtime_failure_exits_1_with_one_line_even_with_rust_backtrace() {
     assert_eq!(lines.len(), 1, "want one line, got {stderr:?}");
     assert!(lines[0].contains("424242"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_needs_nothing_but_the_database() {
+    // No JWT_SECRET, no broker, no Redis: an operator migrating ahead of a deployment has only
+    // the database's address (and rights).
+    for (package, table) in [("write-api", "outbox"), ("read-api", "rv_products")] {
+        let db = TestDatabase::empty().await;
+        let env = HashMap::from([
+            ("DATABASE_URL".to_owned(), db.url().to_owned()),
+            ("RUST_LOG".to_owned(), "off".to_owned()),
+        ]);
+        let (status, stderr) = run_to_exit(package, &["migrate"], &env);
+        assert_eq!(status.code(), Some(0), "{package} migrate: {stderr}");
+        let found = db
+            .query_json(&format!("SELECT to_regclass('{table}') IS NOT NULL AS ok"))
+            .await;
+        assert_eq!(found[0]["ok"], true, "{package} migrate did not create {table}");
+    }
+}
