@@ -7,6 +7,8 @@ use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOpti
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use ordering_platform::trace_context;
+
 use crate::store::OutboxRow;
 
 /// A broker failure.
@@ -116,14 +118,21 @@ pub enum Poison {
     HeaderNameTooLong(String),
 }
 
-/// The message of `row`: persistent, CloudEvents content type, `message_id` = event id, every
-/// stored header (`traceparent` among them) as an AMQP header; the routing key is `event_type`.
-pub fn message(row: &OutboxRow) -> Result<(ShortString, BasicProperties), Poison> {
+/// The message of `row`, published under `span`: persistent, CloudEvents content type,
+/// `message_id` = event id, every stored header as an AMQP header; the routing key is
+/// `event_type`.
+///
+/// `span` continues the trace stored in the row's `traceparent`/`tracestate`, and when traced
+/// the message carries the span's own context instead, so the consumer's span is its child;
+/// untraced, the stored headers go out unchanged.
+pub fn message(row: &OutboxRow, span: &tracing::Span) -> Result<(ShortString, BasicProperties), Poison> {
     if row.event_type.len() > 255 {
         return Err(Poison::RoutingKeyTooLong(row.event_type.len()));
     }
-    let headers: serde_json::Map<String, serde_json::Value> =
+    let mut headers: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&row.headers).map_err(|e| Poison::BadHeaders(e.to_string()))?;
+    trace_context::continue_from(span, trace_context::extract_json(&headers));
+    trace_context::inject_json(span, &mut headers);
     let mut table = FieldTable::default();
     for (k, v) in headers {
         let serde_json::Value::String(s) = v else {
@@ -163,7 +172,11 @@ mod tests {
 
     #[test]
     fn message_has_the_contract_properties() {
-        let (key, p) = message(&row("order.placed", r#"{"traceparent":"00-abc-def-01"}"#)).unwrap();
+        let (key, p) = message(
+            &row("order.placed", r#"{"traceparent":"00-abc-def-01"}"#),
+            &tracing::Span::none(),
+        )
+        .unwrap();
         assert_eq!(key.as_str(), "order.placed");
         assert_eq!(*p.delivery_mode(), Some(2));
         assert_eq!(
@@ -175,16 +188,24 @@ mod tests {
             Some(uuid::Uuid::nil().to_string().as_str())
         );
         let h = p.headers().as_ref().unwrap();
-        assert!(h.inner().contains_key("traceparent"));
+        // Untraced, the stored header goes out unchanged.
+        assert_eq!(
+            h.inner().get("traceparent"),
+            Some(&AMQPValue::LongString("00-abc-def-01".into()))
+        );
     }
 
     #[test]
     fn poison_rows_are_recognised() {
         assert!(matches!(
-            message(&row(&"x".repeat(256), "{}")),
+            message(&row(&"x".repeat(256), "{}"), &tracing::Span::none()),
             Err(Poison::RoutingKeyTooLong(256))
         ));
-        assert!(matches!(message(&row("a", r#"{"n": 1}"#)), Err(Poison::BadHeaders(_))));
-        assert!(matches!(message(&row("a", "[]")), Err(Poison::BadHeaders(_))));
+        let none = tracing::Span::none();
+        assert!(matches!(
+            message(&row("a", r#"{"n": 1}"#), &none),
+            Err(Poison::BadHeaders(_))
+        ));
+        assert!(matches!(message(&row("a", "[]"), &none), Err(Poison::BadHeaders(_))));
     }
 }

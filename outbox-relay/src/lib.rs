@@ -65,6 +65,21 @@
 //! - **SIGTERM**: stop starting publishes, wait for outstanding confirms, mark them, give the
 //!   leases back (so another instance takes over at once), exit 0.
 //!
+//! ## Tracing
+//! With OpenTelemetry on (`OTEL_EXPORTER_OTLP_ENDPOINT`), each row is published under a
+//! `publish` span (kind producer) that is the **child** of the context stored in the row's
+//! headers (the write-api's command transaction), and the message carries the publish span's
+//! own `traceparent`/`tracestate`, so the consumer's span is the publish span's child. One
+//! trace per command, unbroken from the HTTP request to the view.
+//!
+//! Not one span per batch with links to each row's trace: a batch mixes rows of many commands,
+//! and a batch span would belong to none of their traces (links are shown beside a trace, not
+//! in it), so a command's trace would stop at the outbox. A span per row costs one span per
+//! message, which is what the relay does anyway; it runs from publish to confirm and ends with
+//! an error status when the broker refuses, returns or loses the message, or the row is
+//! poison. Untraced (OpenTelemetry off, or a row without headers), the stored headers are
+//! published unchanged.
+//!
 //! `/health/ready` answers 503 while PostgreSQL or the broker is unreachable or a breaker is
 //! open; `/metrics` has rows published, pending rows, lag, publish and confirm latencies,
 //! retries, dead letters, breaker states and partitions held. Sent rows older than

@@ -77,7 +77,7 @@ enum Dlq {
 #[tokio::main]
 async fn main() -> ExitCode {
     let command = cli::parse::<Cli>().command.unwrap_or(Command::Serve);
-    ordering_platform::telemetry::init().unwrap_or_else(|e| e.exit());
+    let _telemetry = ordering_platform::telemetry::init("outbox-relay").unwrap_or_else(|e| e.exit());
     let settings = Settings::from_env().unwrap_or_else(|e: SettingError| e.exit());
     cli::exit_code(match command {
         Command::Serve => serve(settings).await,

@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
-use ordering_platform::backoff;
+use ordering_platform::{backoff, trace_context};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -164,7 +164,16 @@ impl Publisher {
         for q in queues.values_mut() {
             q.make_contiguous().sort_by_key(|r| (r.sequence, r.id));
         }
-        type Pending = BoxFuture<'static, (AggKey, OutboxRow, Instant, Result<Confirmation, lapin::Error>)>;
+        type Pending = BoxFuture<
+            'static,
+            (
+                AggKey,
+                OutboxRow,
+                Instant,
+                tracing::Span,
+                Result<Confirmation, lapin::Error>,
+            ),
+        >;
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
         // Messages the broker returned, by message id, with why. lapin hands a returned message
         // to the next confirm it completes, which a multiple ack can make another message's:
@@ -183,9 +192,22 @@ impl Publisher {
                     out.unfinished.insert(key.clone());
                     continue;
                 }
-                let (routing_key, props) = match broker::message(&row) {
+                // One span per row, from publish to confirm: see the crate's "Tracing".
+                let span = tracing::info_span!(
+                    "publish",
+                    otel.name = format!("{} publish", self.topology.exchange),
+                    otel.kind = "producer",
+                    messaging.system = "rabbitmq",
+                    messaging.operation.type = "send",
+                    messaging.destination.name = %self.topology.exchange,
+                    messaging.rabbitmq.destination.routing_key = %row.event_type,
+                    messaging.message.id = %row.event_id,
+                    outbox_id = row.id,
+                );
+                let (routing_key, props) = match broker::message(&row, &span) {
                     Ok(m) => m,
                     Err(p) => {
+                        trace_context::fail(&span, p.to_string());
                         queues.remove(&key);
                         out.unfinished.insert(key.clone());
                         out.poison.push((row, p.to_string()));
@@ -207,9 +229,10 @@ impl Publisher {
                 match publish.await {
                     Ok(confirm) => {
                         metrics::histogram!("relay_publish_seconds").record(started.elapsed().as_secs_f64());
-                        inflight.push(Box::pin(async move { (key, row, started, confirm.await) }));
+                        inflight.push(Box::pin(async move { (key, row, started, span, confirm.await) }));
                     }
                     Err(e) => {
+                        trace_context::fail(&span, e.to_string());
                         out.unfinished.insert(key);
                         out.broken = Some(e.to_string());
                     }
@@ -220,7 +243,7 @@ impl Publisher {
             }
             // One timer for the window rather than one per message: no confirm at all for
             // this long means the channel is stuck.
-            let Ok(Some((key, row, started, result))) =
+            let Ok(Some((key, row, started, span, result))) =
                 tokio::time::timeout(self.confirm_timeout, inflight.next()).await
             else {
                 out.broken
@@ -233,6 +256,7 @@ impl Publisher {
                 returned.insert(id.to_string(), returned_reason(r));
             }
             if let Some(reason) = returned.remove(&row.event_id.to_string()) {
+                trace_context::fail(&span, reason.as_str());
                 queues.remove(&key);
                 out.unfinished.insert(key.clone());
                 out.nacked.push((row, reason));
@@ -254,12 +278,14 @@ impl Publisher {
                     }
                 }
                 Ok(_) => {
+                    let reason = "the broker refused the message (nack)";
+                    trace_context::fail(&span, reason);
                     queues.remove(&key);
                     out.unfinished.insert(key.clone());
-                    out.nacked
-                        .push((row, "the broker refused the message (nack)".to_owned()));
+                    out.nacked.push((row, reason.to_owned()));
                 }
                 Err(e) => {
+                    trace_context::fail(&span, e.to_string());
                     queues.remove(&key);
                     out.unfinished.insert(key.clone());
                     out.broken.get_or_insert_with(|| e.to_string());

@@ -36,6 +36,31 @@ pub const COMMON_SETTINGS: &[Setting] = &[
         default: "pretty on a terminal, else json",
         about: "json or pretty",
     },
+    Setting {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        default: "unset: no tracing",
+        about: "OTLP/HTTP collector (spans to <it>/v1/traces), e.g. http://collector:4318",
+    },
+    Setting {
+        name: "OTEL_SERVICE_NAME",
+        default: "the binary's name",
+        about: "service.name of the spans",
+    },
+    Setting {
+        name: "OTEL_TRACES_SAMPLER",
+        default: "parentbased_always_on",
+        about: "always_on, always_off, traceidratio, parentbased_*",
+    },
+    Setting {
+        name: "OTEL_TRACES_SAMPLER_ARG",
+        default: "1.0",
+        about: "the ratio of the *traceidratio samplers",
+    },
+    Setting {
+        name: "OTEL_BSP_SCHEDULE_DELAY",
+        default: "5000",
+        about: "milliseconds between span exports",
+    },
 ];
 
 /// The broker, for the binaries that use one.

@@ -3,7 +3,10 @@
 //! - [`cli`]: command-line parsing, `--help`'s settings listing and the exit codes;
 //! - [`settings`]: typed environment settings; a bad one stops the service with exit status 2
 //!   and one line naming it;
-//! - [`telemetry`]: structured `tracing` logs (`RUST_LOG`, `LOG_FORMAT`);
+//! - [`telemetry`]: structured `tracing` logs (`RUST_LOG`, `LOG_FORMAT`) and OpenTelemetry
+//!   traces over OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`);
+//! - [`trace_context`]: W3C `traceparent`/`tracestate` in and out of HTTP headers, outbox rows
+//!   and messages;
 //! - [`problem`]: RFC 9457 problem bodies, with internal errors logged under an id and never
 //!   leaked;
 //! - [`auth`]: HS256 bearer tokens and the caller's role;
@@ -28,3 +31,4 @@ pub mod problem;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace_context;

@@ -38,7 +38,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let command = cli::parse::<Cli>().command.unwrap_or(Command::Serve);
-    telemetry::init().unwrap_or_else(|e| e.exit());
+    let _telemetry = telemetry::init("read-api").unwrap_or_else(|e| e.exit());
     cli::exit_code(match command {
         Command::Serve => serve(settings()).await,
         // Only the database: migrating asks for no secret.

@@ -50,9 +50,12 @@ fn parse_ttl(v: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     match cli::parse::<Cli>().command.unwrap_or(Command::Serve) {
-        Command::Serve => cli::exit_code(serve(settings()).await),
+        Command::Serve => {
+            let (_telemetry, settings) = settings();
+            cli::exit_code(serve(settings).await)
+        }
         Command::Migrate => {
-            telemetry::init().unwrap_or_else(|e| e.exit());
+            let _telemetry = telemetry::init("write-api").unwrap_or_else(|e| e.exit());
             let database_url = write_api::settings::database_url().unwrap_or_else(|e| e.exit());
             cli::exit_code(apply_migrations(&database_url).await)
         }
@@ -65,10 +68,11 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Logging, then the settings; a bad one exits 2 with one line naming it.
-fn settings() -> Settings {
-    telemetry::init().unwrap_or_else(|e| e.exit());
-    Settings::from_env().unwrap_or_else(|e| e.exit())
+/// Logging and tracing (kept until the returned guard drops), then the settings; a bad one
+/// exits 2 with one line naming it.
+fn settings() -> (telemetry::Telemetry, Settings) {
+    let telemetry = telemetry::init("write-api").unwrap_or_else(|e| e.exit());
+    (telemetry, Settings::from_env().unwrap_or_else(|e| e.exit()))
 }
 
 async fn apply_migrations(database_url: &str) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! The middleware every service puts around its router, outermost first:
-//! request id (set or kept, echoed back) → tracing span with request id and W3C trace id →
+//! request id (set or kept, echoed back) → the request's span (the OpenTelemetry server span,
+//! continuing the caller's W3C trace context), with request id and trace id →
 //! metrics by route and status, and bare errors as problems → panic → problem 500 → request
 //! timeout → concurrency limit (which `/health/*` bypasses: a probe answers however many
 //! requests are in flight or waiting).
@@ -29,9 +30,9 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::problem::Problem;
+use crate::trace_context;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const TRACEPARENT: &str = "traceparent";
 
 /// Limits applied to every request.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +60,12 @@ pub fn wrap(router: Router, limits: HttpLimits) -> Router {
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(TraceLayer::new_for_http().make_span_with(make_span).on_failure(()))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_span)
+                    .on_response(on_response)
+                    .on_failure(()),
+            )
             // Metrics and problem bodies in one service; it sits outside the panic catcher,
             // so a panic is counted as the 500 it becomes (its body is already a problem).
             .layer(OutcomeLayer)
@@ -107,25 +113,51 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
-/// The request's trace id: the one of its `traceparent`, or a new one.
-fn trace_id(req: &Request) -> String {
-    req.headers()
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(trace_id_of)
-        .map(str::to_owned)
-        .unwrap_or_else(|| random_uuid().simple().to_string())
-}
-
+/// The request's span: the server span of its trace, continuing the caller's `traceparent`
+/// and `tracestate` (or a new root). Its `trace_id` field, which every log line of the request
+/// carries, is the span's trace id when traced; untraced, the caller's, else a new random one.
 fn make_span(req: &Request) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path(), MatchedPath::as_str);
     // The field expressions are only evaluated when the span is enabled.
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
+        otel.name = format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
         method = %req.method(),
         uri = %req.uri().path(),
         request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
-        trace_id = trace_id(req),
-    )
+        trace_id = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    trace_context::continue_from(&span, trace_context::extract_http(req.headers()));
+    let trace_id = trace_context::trace_id(&span).unwrap_or_else(|| {
+        req.headers()
+            .get(trace_context::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(trace_id_of)
+            .map_or_else(|| random_uuid().simple().to_string(), str::to_owned)
+    });
+    span.record("trace_id", trace_id);
+    span
+}
+
+/// Records the answer on the request's span; any 4xx or 5xx ends the trace with an error
+/// status. OpenTelemetry's HTTP conventions leave a server's 4xx unset, but for these services a
+/// refused command (409, 412, 422) is what an operator looks for in a trace.
+fn on_response<B>(res: &axum::http::Response<B>, _latency: Duration, span: &tracing::Span) {
+    let status = res.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_client_error() || status.is_server_error() {
+        trace_context::fail(span, status.to_string());
+    }
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.

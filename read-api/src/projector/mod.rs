@@ -38,6 +38,12 @@
 //!   shutdowns are retried with backoff (backon) for as long as they last; anything else is
 //!   retried a few times, then treated as a refusal. Metrics: `read_events_dead_lettered_total`
 //!   by `reason` (`poison`, `refused`, `gap_timeout`).
+//! - **Tracing.** Each delivery of an event gets an `apply` span (kind consumer), the child of
+//!   the relay's publish span whose `traceparent`/`tracestate` the message carries; it lasts
+//!   until the delivery is settled and ends with an error status when the database refuses the
+//!   event. A batch's `view write` (the transaction) and `cache update` spans are children of
+//!   its first delivery's `apply` span and follow from (are linked to) the others', since one
+//!   transaction serves several traces. Parked events applied later get no span of their own.
 
 mod apply;
 mod event;
@@ -58,10 +64,10 @@ use lapin::Acker;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
-use ordering_platform::backoff;
 use ordering_platform::db::PgPool;
+use ordering_platform::{backoff, trace_context};
 use ordering_schema::events::AggregateType;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -107,6 +113,8 @@ struct Metrics {
 }
 
 pub(crate) struct Work {
+    /// Applying this delivery, in the trace the message carries.
+    span: tracing::Span,
     event: Event,
     acker: Acker,
     /// The message as delivered, kept to park it.
@@ -115,6 +123,28 @@ pub(crate) struct Work {
 }
 
 pub(crate) type Key = (AggregateType, Uuid);
+
+/// The span of applying `delivery`: the child of the publish span named by its
+/// `traceparent`/`tracestate` headers (a root without them).
+fn apply_span(delivery: &lapin::message::Delivery) -> tracing::Span {
+    let span = tracing::info_span!(
+        "apply",
+        otel.name = format!("{} process", delivery.routing_key),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+    );
+    let header = |name: &str| match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        _ => None,
+    };
+    trace_context::continue_from(
+        &span,
+        trace_context::extract(header(trace_context::TRACEPARENT), header(trace_context::TRACESTATE)),
+    );
+    span
+}
 
 impl Projector {
     /// A projector applying to the live views in `pool`; gaps older than `gap_timeout` are
@@ -226,6 +256,7 @@ impl Projector {
                     let i = (h.finish() % n as u64) as usize;
                     if senders[i]
                         .send(Work {
+                            span: apply_span(&delivery),
                             event: *event,
                             acker: delivery.acker,
                             routing_key: delivery.routing_key.to_string(),

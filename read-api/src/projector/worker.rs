@@ -9,10 +9,11 @@ use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use ordering_platform::backoff;
+use ordering_platform::{backoff, trace_context};
 use ordering_schema::events::AggregateType;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::failure::{self, CommitError, Failure};
@@ -92,8 +93,11 @@ impl Projector {
             }
         }
         let works: Vec<Work> = queues.into_values().flat_map(BTreeMap::into_values).collect();
+        // Each delivery's span lasts until it is settled, at the end of the batch.
+        let applies: Vec<tracing::Span> = works.iter().map(|w| w.span.clone()).collect();
         let refs: Vec<&Work> = works.iter().collect();
-        let Some((settled, drained)) = self.commit(&refs, stop).await else {
+        let commit = self.commit(&refs, stop).instrument(batch_span("view write", &applies));
+        let Some((settled, drained)) = commit.await else {
             // Stopping: nothing is acknowledged; the broker redelivers.
             return;
         };
@@ -115,6 +119,7 @@ impl Projector {
                     settle.push(w.acker);
                 }
                 Settled::Refused(e) => {
+                    trace_context::fail(&w.span, e.to_string());
                     tracing::warn!(error = %e, sequence = w.event.sequence(), key = ?w.event.key(), "dead-lettering an event the database refuses");
                     self.metrics.refused.increment(1);
                     refused.push(w.acker);
@@ -126,7 +131,9 @@ impl Projector {
         }
         // Committed: now the cache (compare-and-set on the version, so never older over
         // newer), then the acknowledgements.
-        self.publish(changes).await;
+        self.publish(changes)
+            .instrument(batch_span("cache update", &applies))
+            .await;
         ack_all(settle).await;
         dead_letter_all(refused).await;
     }
@@ -330,6 +337,19 @@ impl Projector {
             .await?;
         Ok(committed)
     }
+}
+
+/// The span of a step of a batch (`name`) for the deliveries `applies`: the child of the
+/// first's span, following from (linked to) the others'.
+fn batch_span(name: &'static str, applies: &[tracing::Span]) -> tracing::Span {
+    let Some((first, others)) = applies.split_first() else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(parent: first, "batch", otel.name = name, events = applies.len());
+    for other in others {
+        span.follows_from(other);
+    }
+    span
 }
 
 /// Applies the parked events of `keys` that follow their views' versions, in a savepoint, and

@@ -138,11 +138,11 @@ async fn product_app(opts: ReadOptions, local_tier: bool) -> anyhow::Result<(Rea
 async fn main() -> anyhow::Result<()> {
     let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(8);
     let only = std::env::args().nth(2);
-    if std::env::var_os("READ_BENCH_LOGS").is_some() {
-        // As the binaries run: the global subscriber (RUST_LOG, default info), so every
-        // request's span is live.
-        ordering_platform::telemetry::init()?;
-    }
+    // As the binaries run: the global subscriber (RUST_LOG, default info), so every request's
+    // span is live.
+    let _telemetry = std::env::var_os("READ_BENCH_LOGS")
+        .map(|_| ordering_platform::telemetry::init("read-bench"))
+        .transpose()?;
     if only.as_deref() != Some("projector") {
         http(secs).await?;
     }

@@ -44,7 +44,7 @@ impl Command for CancelOrder {
             products::save(conn, product).await?;
         }
         orders::save(conn, &order).await?;
-        outbox::append(conn, &events, meta.traceparent.as_deref()).await?;
+        outbox::append(conn, &events, &meta.trace_headers).await?;
         order_reply(StatusCode::OK, &order, &events, meta)
     }
 }

@@ -49,7 +49,7 @@ impl Command for CreateProduct {
                 ApiError::SkuTaken(_) => ApiError::SkuTaken(product.state().sku.clone()),
                 other => other,
             })?;
-        outbox::append(conn, &[event], meta.traceparent.as_deref()).await?;
+        outbox::append(conn, &[event], &meta.trace_headers).await?;
         let p = product.state();
         Reply::success(
             StatusCode::CREATED,

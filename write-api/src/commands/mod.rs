@@ -18,8 +18,10 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
+use ordering_platform::trace_context;
 use ordering_schema::consistency::VersionMark;
 use ordering_schema::events::AggregateType;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -63,7 +65,21 @@ pub async fn execute<C: Command + 'static>(
 ) -> Result<Reply, ApiError> {
     let deadline = Instant::now() + app.command_budget;
     let (app, meta, body) = (app.clone(), meta.clone(), body.clone());
-    tokio::spawn(async move { run_in_transaction(&app, &meta, &body, command, deadline).await })
+    // The transaction's span, a child of the request's: its context is what the outbox rows
+    // carry to the relay (`outbox::append`). A rollback (refusal or failure) is its error.
+    let span = tracing::info_span!(
+        "transaction",
+        otel.name = "command transaction",
+        db.system.name = "postgresql"
+    );
+    let task = async move {
+        let result = run_in_transaction(&app, &meta, &body, command, deadline).await;
+        if result.is_err() {
+            trace_context::fail(&tracing::Span::current(), "rolled back");
+        }
+        result
+    };
+    tokio::spawn(task.instrument(span))
         .await
         .map_err(|e| ApiError::Problem(ordering_platform::problem::Problem::internal(&e)))?
 }
@@ -151,7 +167,7 @@ pub async fn change_product(
     check_precondition(meta.if_match, "product", product.version())?;
     if let Some(event) = change(&mut product)? {
         products::save(conn, &product).await?;
-        outbox::append(conn, &[event], meta.traceparent.as_deref()).await?;
+        outbox::append(conn, &[event], &meta.trace_headers).await?;
     }
     product_reply(&product, meta)
 }
@@ -200,7 +216,7 @@ pub async fn change_order_status(
     let event = change(&mut order)?;
     orders::save(conn, &order).await?;
     let events = [event];
-    outbox::append(conn, &events, meta.traceparent.as_deref()).await?;
+    outbox::append(conn, &events, &meta.trace_headers).await?;
     order_reply(StatusCode::OK, &order, &events, meta)
 }
 

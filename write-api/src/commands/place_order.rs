@@ -56,7 +56,7 @@ impl Command for PlaceOrderCommand {
             products::save(conn, product).await?;
         }
         orders::insert(conn, &order).await?;
-        outbox::append(conn, &events, meta.traceparent.as_deref()).await?;
+        outbox::append(conn, &events, &meta.trace_headers).await?;
         order_reply(StatusCode::CREATED, &order, &events, meta)
     }
 }

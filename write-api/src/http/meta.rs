@@ -1,7 +1,7 @@
-//! The request headers a command reads: `If-Match`, `Idempotency-Key` and `traceparent`,
-//! with the caller and the scope of its idempotency key, as one extractor. A malformed
-//! `If-Match` or `Idempotency-Key` is 400 `invalid_header`; a malformed `traceparent` is
-//! ignored, as W3C Trace Context asks.
+//! The request headers a command reads: `If-Match`, `Idempotency-Key`, `traceparent` and
+//! `tracestate`, with the caller and the scope of its idempotency key, as one extractor. A
+//! malformed `If-Match` or `Idempotency-Key` is 400 `invalid_header`; a malformed
+//! `traceparent` is ignored, as W3C Trace Context asks.
 
 use axum::extract::{FromRef, FromRequestParts, MatchedPath, RawPathParams};
 use axum::http::request::Parts;
@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use ordering_platform::auth::{Authenticator, Caller};
 use ordering_platform::http::layers::trace_id_of;
 use ordering_platform::problem::Problem;
+use ordering_platform::trace_context::{TRACEPARENT, TRACESTATE};
 use ordering_schema::consistency::{ConsistencyKey, ConsistencyToken, VersionMark};
 use uuid::Uuid;
 
@@ -62,8 +63,10 @@ pub struct CommandMeta {
     pub if_match: Option<IfMatch>,
     /// The `Idempotency-Key` (1 to 255 visible ASCII characters).
     pub idempotency_key: Option<String>,
-    /// A well-formed W3C `traceparent`, stored with the command's events.
-    pub traceparent: Option<String>,
+    /// The caller's W3C trace context (a well-formed `traceparent`, and its `tracestate` if
+    /// given), stored with the command's events when the service does not trace itself
+    /// (`outbox::append`).
+    pub trace_headers: serde_json::Map<String, serde_json::Value>,
     /// The scope of an idempotency key, with the caller: `METHOD path`, with the ids in the
     /// path written as canonical UUIDs however the client spelled them.
     pub target: String,
@@ -158,18 +161,20 @@ where
                     .ok_or_else(|| invalid_header("Idempotency-Key", "expected 1 to 255 visible ASCII characters"))
             })
             .transpose()?;
-        let traceparent = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| trace_id_of(v).is_some())
-            .map(str::to_owned);
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let mut trace_headers = serde_json::Map::new();
+        if let Some(tp) = text(TRACEPARENT).filter(|v| trace_id_of(v).is_some()) {
+            trace_headers.insert(TRACEPARENT.to_owned(), tp.into());
+            if let Some(ts) = text(TRACESTATE).filter(|v| !v.is_empty()) {
+                trace_headers.insert(TRACESTATE.to_owned(), ts.into());
+            }
+        }
         let target = idempotency_target(parts, state).await;
         Ok(Self {
             caller,
             if_match,
             idempotency_key,
-            traceparent,
+            trace_headers,
             target,
             consistency: ConsistencyKey::from_ref(state),
             read_api_url: ReadApiUrl::from_ref(state),

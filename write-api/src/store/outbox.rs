@@ -3,6 +3,7 @@
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use ordering_platform::trace_context;
 use ordering_schema::events::CloudEvent;
 use ordering_schema::schema::outbox;
 use uuid::Uuid;
@@ -37,12 +38,17 @@ pub fn envelope(event: &Recorded) -> Result<CloudEvent, serde_json::Error> {
 }
 
 /// Appends `events` to the outbox in one statement, with the message headers to publish them
-/// with (`traceparent` when the command had one).
-pub async fn append(conn: &mut AsyncPgConnection, events: &[Recorded], traceparent: Option<&str>) -> QueryResult<()> {
-    let headers = match traceparent {
-        Some(tp) => serde_json::json!({ "traceparent": tp }),
-        None => serde_json::json!({}),
-    };
+/// with: the W3C trace context of the current span (the command's transaction) when traced,
+/// so the relay's publish continues this trace; untraced, the caller's `traceparent` and
+/// `tracestate` unchanged (`caller_trace`), and no headers (`{}`) if it sent none.
+pub async fn append(
+    conn: &mut AsyncPgConnection,
+    events: &[Recorded],
+    caller_trace: &serde_json::Map<String, serde_json::Value>,
+) -> QueryResult<()> {
+    let mut headers = caller_trace.clone();
+    trace_context::inject_json(&tracing::Span::current(), &mut headers);
+    let headers = serde_json::Value::Object(headers);
     let rows = events
         .iter()
         .map(|event| {
