@@ -18,14 +18,16 @@
 //! what is traced.
 
 use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Subscriber;
+use tracing::dispatcher::WeakDispatch;
+use tracing::{Dispatch, Subscriber};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -97,20 +99,35 @@ pub fn init(service: &'static str) -> Result<Telemetry, SettingError> {
             .with_tracer(p.tracer(service))
             .with_filter(traced)
     });
-    let fmt = tracing_subscriber::fmt::layer().with_target(true);
+    let dispatch = DispatchCell::default();
     let fmt = if json {
-        fmt.json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .map_event_format(WithTraceIds)
+        json_logs(std::io::stdout, dispatch.clone()).with_filter(filter).boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_target(true)
             .with_filter(filter)
             .boxed()
-    } else {
-        fmt.with_filter(filter).boxed()
     };
     tracing_subscriber::registry().with(otel).with(fmt).init();
+    dispatch.set_to_current();
     Ok(Telemetry { provider })
+}
+
+/// JSON log lines, one object each, with the event's fields at the top level, the current
+/// span's fields under `span`, and `trace_id`/`span_id` when the span is traced.
+fn json_logs<S, W>(writer: W, dispatch: DispatchCell) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_target(true)
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .map_event_format(|inner| WithTraceIds { inner, dispatch })
 }
 
 /// The SDK's provider exporting to the configured OTLP endpoint, if one is set.
@@ -138,10 +155,31 @@ fn tracer_provider(service: &'static str) -> Result<Option<SdkTracerProvider>, S
     ))
 }
 
-/// The trace and span ids of the OpenTelemetry span `id`, if it has a valid context.
-fn trace_ids(id: &tracing::span::Id) -> Option<(String, String)> {
-    let dispatch = tracing::dispatcher::get_default(Clone::clone);
-    let cx = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
+/// The dispatcher a log format belongs to, set once it is installed. While an event is being
+/// formatted, `tracing` hides the current dispatcher (`get_default` gives a no-op one, against
+/// re-entrance), so the format keeps its own (weak, as the dispatcher owns the format).
+#[derive(Clone, Default)]
+struct DispatchCell(Arc<OnceLock<WeakDispatch>>);
+
+impl DispatchCell {
+    /// Remembers the current dispatcher (call right after installing it).
+    fn set_to_current(&self) {
+        tracing::dispatcher::get_default(|d| {
+            let _ = self.0.set(d.downgrade());
+        });
+    }
+
+    /// The trace and span ids of the OpenTelemetry span `id`, if it has a valid context.
+    fn trace_ids(&self, id: &tracing::span::Id) -> Option<(String, String)> {
+        let dispatch = self.0.get()?.upgrade()?;
+        trace_ids(id, &dispatch)
+    }
+}
+
+/// The trace and span ids of the OpenTelemetry span `id` of `dispatch`, if it has a valid
+/// context.
+fn trace_ids(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<(String, String)> {
+    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid()
@@ -150,7 +188,10 @@ fn trace_ids(id: &tracing::span::Id) -> Option<(String, String)> {
 
 /// The JSON line of the inner format, with `trace_id` and `span_id` of the current span added
 /// when it is traced (without OpenTelemetry, the line is unchanged).
-struct WithTraceIds<F>(F);
+struct WithTraceIds<F> {
+    inner: F,
+    dispatch: DispatchCell,
+}
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
 where
@@ -164,15 +205,95 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let Some((trace_id, span_id)) = ctx.parent_span().and_then(|span| trace_ids(&span.id())) else {
-            return self.0.format_event(ctx, writer, event);
+        let Some((trace_id, span_id)) = ctx.parent_span().and_then(|span| self.dispatch.trace_ids(&span.id())) else {
+            return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::new();
-        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
         // The JSON format writes one object and a newline: the ids go in before its `}`.
         match line.trim_end().strip_suffix('}') {
             Some(object) => writeln!(writer, r#"{object},"trace_id":"{trace_id}","span_id":"{span_id}"}}"#),
             None => writer.write_str(&line),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lines").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Lines {
+        type Writer = Lines;
+        fn make_writer(&'w self) -> Lines {
+            self.clone()
+        }
+    }
+
+    fn logged(lines: &Lines) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_in_a_traced_span_carry_its_ids() {
+        // A provider without an exporter still makes valid, sampled span contexts.
+        let provider = SdkTracerProvider::builder().build();
+        let dispatch = DispatchCell::default();
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(json_logs(lines.clone(), dispatch.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            dispatch.set_to_current();
+            let span = tracing::info_span!("work", job = 7);
+            let (trace_id, span_id) = {
+                let cx = tracing_opentelemetry::OpenTelemetrySpanExt::context(&span);
+                let sc = cx.span().span_context().clone();
+                (sc.trace_id().to_string(), sc.span_id().to_string())
+            };
+            span.in_scope(|| tracing::info!(n = 1, "inside"));
+            tracing::info!("outside");
+            let out = logged(&lines);
+            assert_eq!(out.len(), 2, "{out:?}");
+            assert_eq!(out[0]["message"], "inside");
+            assert_eq!(out[0]["n"], 1);
+            assert_eq!(out[0]["span"]["job"], 7);
+            assert_eq!(out[0]["trace_id"], trace_id.as_str());
+            assert_eq!(out[0]["span_id"], span_id.as_str());
+            assert_eq!(out[1]["message"], "outside");
+            assert!(out[1].get("trace_id").is_none(), "{}", out[1]);
+        });
+    }
+
+    #[test]
+    fn json_lines_are_unchanged_without_opentelemetry() {
+        let lines = Lines::default();
+        let dispatch = DispatchCell::default();
+        let subscriber = tracing_subscriber::registry().with(json_logs(lines.clone(), dispatch.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            dispatch.set_to_current();
+            tracing::info_span!("request", trace_id = "abc").in_scope(|| tracing::info!("inside"));
+        });
+        let out = logged(&lines);
+        assert_eq!(out[0]["span"]["trace_id"], "abc");
+        assert!(out[0].get("span_id").is_none(), "{}", out[0]);
     }
 }
