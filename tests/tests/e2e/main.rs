@@ -11,3 +11,4 @@ mod container;
 mod faults;
 mod quickstart;
 mod relay_kill;
+mod tracing;
