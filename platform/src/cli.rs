@@ -42,6 +42,16 @@ pub const COMMON_SETTINGS: &[Setting] = &[
         about: "OTLP/HTTP collector (spans to <it>/v1/traces), e.g. http://collector:4318",
     },
     Setting {
+        name: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        default: "unset",
+        about: "the full traces URL instead (http://collector:4318/v1/traces)",
+    },
+    Setting {
+        name: "OTEL_SDK_DISABLED",
+        default: "false",
+        about: "true: no tracing even with an endpoint",
+    },
+    Setting {
         name: "OTEL_SERVICE_NAME",
         default: "the binary's name",
         about: "service.name of the spans",
