@@ -1,6 +1,6 @@
 //! The outbox rows each command writes, in the same transaction as its change: the exact
 //! CloudEvents body, the columns the relay routes by, `sequence` = the aggregate's version, and
-//! the `traceparent` of the command in `headers`.
+//! the trace context (`traceparent`, `tracestate`) of the command in `headers`.
 
 use ordering_tests::write_app::{WriteApp, admin_token, answer, customer_token};
 use reqwest::Method;
@@ -205,7 +205,7 @@ async fn paying_shipping_and_cancelling_write_their_order_events() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_traceparent_of_a_command_is_stored_in_the_headers_of_every_row_it_writes() {
+async fn the_trace_context_of_a_command_is_stored_in_the_headers_of_every_row_it_writes() {
     let app = WriteApp::start().await;
     let body = json!({"sku": "TP-1", "name": "n", "price_cents": 1, "currency": "EUR", "stock": 9});
     let a = answer(
@@ -226,11 +226,39 @@ async fn the_traceparent_of_a_command_is_stored_in_the_headers_of_every_row_it_w
     )
     .await;
     assert_eq!(o.status, 201);
+    // Untraced (no OTLP endpoint), the caller's tracestate travels with its traceparent; on
+    // its own it names no trace and is dropped.
+    let state = answer(
+        app.post(
+            "/v1/products",
+            &admin_token(),
+            &json!({"sku": "TP-2", "name": "n", "price_cents": 1, "currency": "EUR", "stock": 1}),
+        )
+        .header("traceparent", TRACEPARENT)
+        .header("tracestate", "vendor=a,other=b"),
+    )
+    .await;
+    assert_eq!(state.status, 201);
+    let alone = answer(
+        app.post(
+            "/v1/products",
+            &admin_token(),
+            &json!({"sku": "TP-3", "name": "n", "price_cents": 1, "currency": "EUR", "stock": 1}),
+        )
+        .header("tracestate", "vendor=a"),
+    )
+    .await;
+    assert_eq!(alone.status, 201);
     let rows = app.outbox_rows().await;
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 5);
     assert_eq!(rows[0]["headers"], json!({"traceparent": TRACEPARENT}));
     assert_eq!(rows[1]["headers"], json!({"traceparent": other}));
     assert_eq!(rows[2]["headers"], json!({"traceparent": other}));
+    assert_eq!(
+        rows[3]["headers"],
+        json!({"traceparent": TRACEPARENT, "tracestate": "vendor=a,other=b"})
+    );
+    assert_eq!(rows[4]["headers"], json!({}));
 }
 
 #[tokio::test(flavor = "multi_thread")]
