@@ -152,16 +152,23 @@ async fn a_place_order_is_one_trace_across_the_three_services_and_a_refusal_ends
     let publish_ids: HashSet<&str> = publishes.iter().map(|s| s.span_id.as_str()).collect();
 
     // The messages carry the publish spans' contexts (and the tracestate).
-    let mut message_parents = HashSet::new();
-    for d in p
-        .recorder
-        .all()
-        .iter()
-        .filter(|d| d.subject == order["id"] || d.subject == product_id)
-    {
-        if d.routing_key == "product.created" {
-            continue;
+    let order_id = order["id"].as_str().expect("order id");
+    let deadline = std::time::Instant::now() + WAIT;
+    let deliveries = loop {
+        let of_order: Vec<_> = p
+            .recorder
+            .all()
+            .into_iter()
+            .filter(|d| (d.subject == order_id || d.subject == product_id) && d.routing_key != "product.created")
+            .collect();
+        if of_order.len() >= 2 {
+            break of_order;
         }
+        assert!(std::time::Instant::now() < deadline, "the order's messages never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut message_parents = HashSet::new();
+    for d in &deliveries {
         let headers = d.properties.headers().clone().expect("headers");
         let header = |name: &str| match headers.inner().get(name) {
             Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
