@@ -18,6 +18,26 @@ pub fn binary(package: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(&root).args(["build", "-q", "-p", package]);
+        // Without the variables cargo sets for this test crate (CARGO_MANIFEST_DIR,
+        // CARGO_PKG_NAME, ...): ring's build script reruns when they change, so inheriting them
+        // made every in-test build and every plain `cargo build` after it rebuild ring and all
+        // above it (lapin, the services), tens of seconds each time.
+        const PER_CRATE: [&str; 6] = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+        ];
+        for (name, _) in std::env::vars_os() {
+            if name
+                .to_str()
+                .is_some_and(|n| PER_CRATE.iter().any(|p| n.starts_with(p)))
+            {
+                cmd.env_remove(name);
+            }
+        }
         if release {
             cmd.arg("--release");
         }
