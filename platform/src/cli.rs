@@ -36,6 +36,11 @@ pub const COMMON_SETTINGS: &[Setting] = &[
         default: "pretty on a terminal, else json",
         about: "json or pretty",
     },
+    Setting {
+        name: "ACCESS_LOG_LEVEL",
+        default: "info",
+        about: "level of the one access log line per request (off, error, warn, info, debug, trace)",
+    },
 ];
 
 /// The broker, for the binaries that use one.

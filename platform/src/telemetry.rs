@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::settings::{self, SettingError};
 
-/// Installs the global tracing subscriber. Call once, first thing in `main`.
+/// Installs the global tracing subscriber and reads the access log's level
+/// (`ACCESS_LOG_LEVEL`). Call once, first thing in `main`.
 pub fn init() -> Result<(), SettingError> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new("info"))
@@ -34,5 +35,5 @@ pub fn init() -> Result<(), SettingError> {
     } else {
         builder.init();
     }
-    Ok(())
+    crate::http::access_log::init()
 }

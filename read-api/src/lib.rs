@@ -50,6 +50,7 @@
 pub mod announcement;
 pub mod app;
 pub mod cache;
+pub mod catalog;
 pub mod consistency;
 pub mod cursor;
 pub mod error;

@@ -8,6 +8,7 @@ mod bad_input;
 mod cache;
 mod cluster;
 mod consistency;
+mod metrics;
 mod money;
 mod projector;
 mod rebuild;
