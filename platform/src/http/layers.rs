@@ -1,9 +1,8 @@
 //! The middleware every service puts around its router, outermost first:
 //! request id (set or kept, echoed back) → tracing span with request id and W3C trace id →
 //! metrics by route and status and the access log line ([`super::access_log`]), and bare
-//! errors as problems → panic → problem 500 → request
-//! timeout → concurrency limit (which `/health/*` bypasses: a probe answers however many
-//! requests are in flight or waiting).
+//! errors as problems → panic → problem 500 → request timeout → concurrency limit (which
+//! `/health/*` bypasses: a probe answers however many requests are in flight or waiting).
 //!
 //! Every request goes through all of it, so it is kept cheap: ids come from a thread-local
 //! CSPRNG (not a system call per id), the span's fields are only computed when the span is
