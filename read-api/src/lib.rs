@@ -53,6 +53,7 @@ pub mod cache;
 pub mod catalog;
 pub mod consistency;
 pub mod cursor;
+pub mod dead_letters;
 pub mod error;
 pub mod http;
 pub mod migrate;

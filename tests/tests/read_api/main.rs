@@ -8,6 +8,7 @@ mod bad_input;
 mod cache;
 mod cluster;
 mod consistency;
+mod dlq_cli;
 mod metrics;
 mod money;
 mod projector;
