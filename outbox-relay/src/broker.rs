@@ -167,6 +167,7 @@ mod tests {
             headers: headers.into(),
             attempts: 0,
             partition: 0,
+            created_at: chrono::Utc::now(),
         }
     }
 

@@ -9,6 +9,7 @@
 use std::io::{self, Write};
 
 use chrono::{DateTime, Utc};
+use ordering_platform::terminal::{clip, clip_middle, printable};
 
 use crate::store::{DeadLetter, DeadLetterDetail, DeadLetterPage};
 
@@ -151,43 +152,6 @@ pub fn show_json(out: &mut impl Write, d: &DeadLetterDetail) -> io::Result<()> {
 
 fn timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%SZ").to_string()
-}
-
-/// `s` with control characters replaced: line breaks and tabs by a space (or kept, with
-/// `keep_lines`), anything else by U+FFFD.
-fn printable(s: &str, keep_lines: bool) -> String {
-    s.chars()
-        .map(|c| match c {
-            '\n' if keep_lines => c,
-            '\n' | '\r' | '\t' => ' ',
-            c if c.is_control() => '\u{fffd}',
-            c => c,
-        })
-        .collect()
-}
-
-/// `s` cut at its end to at most `max` characters, the cut marked with `…`.
-fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_owned();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
-/// `s` cut in its middle to at most `max` characters, keeping both ends.
-fn clip_middle(s: &str, max: usize) -> String {
-    let len = s.chars().count();
-    if len <= max {
-        return s.to_owned();
-    }
-    let tail = max.saturating_sub(1) / 2;
-    let head = max.saturating_sub(1) - tail;
-    let mut out: String = s.chars().take(head).collect();
-    out.push('…');
-    out.extend(s.chars().skip(len - tail));
-    out
 }
 
 #[cfg(test)]

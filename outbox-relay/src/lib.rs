@@ -81,11 +81,19 @@
 //! published unchanged.
 //!
 //! `/health/ready` answers 503 while PostgreSQL or the broker is unreachable or a breaker is
-//! open; `/metrics` has rows published, pending rows, lag, publish and confirm latencies,
-//! retries, dead letters, breaker states and partitions held. Sent rows older than
+//! open; `/metrics` has rows published, pending rows, lag, publish, confirm and
+//! commit-to-confirm latencies, retries, dead letters, breaker states, partitions held, the
+//! pool, the process and the build ([`catalog`]).
+//!
+//! ## Which instance reports the backlog
+//! Pending rows, lag and dead letters are figures of the whole table, the same whichever
+//! instance reads them. Only the instance holding partition 0 publishes them
+//! (`relay_backlog_reporter` 1); the others report 0. So `sum()` over instances is the table's
+//! figure (as is `max()`), and the elected reporter moves with the partition's lease. Sent rows older than
 //! `OUTBOX_RETENTION` are deleted in small batches on the `OUTBOX_CLEANUP_CRON` schedule.
 
 pub mod broker;
+pub mod catalog;
 pub mod dlq;
 pub mod leases;
 pub mod listener;
@@ -135,11 +143,12 @@ pub async fn serve(settings: Settings) -> Result<(), RelayError> {
 /// `/metrics`.
 pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RelayError> {
     // The recorder first, so that gauges set while starting (breakers) are kept.
-    ordering_platform::http::ops::metrics_handle();
+    catalog::install();
     let listener = ordering_platform::http::bind("RELAY_ADDR", s.addr).await?;
     migrate_with_retry(&s).await?;
     let pool = ordering_platform::db::pool(&s.database_url, 8, None);
     let store = Store::new(pool.clone(), s.table.clone(), s.partitions);
+    ordering_platform::meters::watch_pool(pool.clone());
     let owner = uuid::Uuid::new_v4();
     let leases = Arc::new(leases::Leases::new(owner, s.partitions));
     let db = Arc::new(Breaker::new(
@@ -196,7 +205,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
             s.cleanup_batch,
             stop.clone(),
         )),
-        tokio::spawn(watch_backlog(store.clone(), stop.clone())),
+        tokio::spawn(watch_backlog(store.clone(), leases.clone(), stop.clone())),
     ];
     let publisher = publisher::Publisher {
         store: store.clone(),
@@ -319,13 +328,29 @@ async fn cleanup_on_schedule(
     }
 }
 
-/// Publishes the backlog gauges every two seconds: pending rows and the lag (age of the
-/// oldest unsent row).
-async fn watch_backlog(store: Store, stop: CancellationToken) {
+/// The partition whose holder reports the table-wide backlog gauges ([`catalog`]).
+const REPORTER_PARTITION: i32 = 0;
+
+/// Every two seconds, the holder of partition 0 publishes the table-wide backlog gauges
+/// (pending rows, lag, dead letters); any other instance reports 0, so that a `sum()` over
+/// instances counts the table once.
+async fn watch_backlog(store: Store, leases: Arc<leases::Leases>, stop: CancellationToken) {
     loop {
-        if let Ok((pending, lag)) = store.backlog().await {
-            metrics::gauge!("relay_pending_rows").set(pending as f64);
-            metrics::gauge!("relay_lag_seconds").set(lag);
+        let reporter = leases.snapshot().iter().any(|(p, _)| *p == REPORTER_PARTITION);
+        let backlog = if reporter {
+            store.backlog().await.ok()
+        } else {
+            Some(store::Backlog {
+                pending: 0,
+                lag: 0.0,
+                dead_letters: 0,
+            })
+        };
+        if let Some(b) = backlog {
+            metrics::gauge!("relay_backlog_reporter").set(if reporter { 1.0 } else { 0.0 });
+            metrics::gauge!("relay_pending_rows").set(b.pending as f64);
+            metrics::gauge!("relay_lag_seconds").set(b.lag);
+            metrics::gauge!("relay_dead_letters").set(b.dead_letters as f64);
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}

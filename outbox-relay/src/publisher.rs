@@ -265,6 +265,11 @@ impl Publisher {
             match result {
                 Ok(Confirmation::Ack(_)) => {
                     metrics::histogram!("relay_confirm_seconds").record(started.elapsed().as_secs_f64());
+                    // By the wall clock: the row's time is the database's (kept in step by NTP).
+                    let since_commit = (chrono::Utc::now() - row.created_at)
+                        .num_microseconds()
+                        .unwrap_or(i64::MAX);
+                    metrics::histogram!("relay_commit_to_confirm_seconds").record(since_commit.max(0) as f64 / 1e6);
                     metrics::counter!("relay_rows_published_total").increment(1);
                     tracing::trace!(event_id = %row.event_id, outbox_id = row.id, "published");
                     let fence = fences.get(&row.partition).copied().unwrap_or(-1);

@@ -41,6 +41,9 @@ pub struct OutboxRow {
     pub attempts: i32,
     #[diesel(sql_type = Integer)]
     pub partition: i32,
+    /// When the row was written (its transaction's start, by the database's clock).
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A row confirmed by the broker, waiting to be marked sent under the lease it was sent with.
@@ -111,12 +114,18 @@ struct Count {
     n: i64,
 }
 
-#[derive(QueryableByName)]
-struct Backlog {
+/// The outbox's backlog, table-wide.
+#[derive(Clone, Copy, Debug, QueryableByName)]
+pub struct Backlog {
+    /// Unsent rows.
     #[diesel(sql_type = BigInt)]
-    pending: i64,
-    #[diesel(sql_type = Nullable<Double>)]
-    lag: Option<f64>,
+    pub pending: i64,
+    /// Age of the oldest unsent row, in seconds (0 when none).
+    #[diesel(sql_type = Double)]
+    pub lag: f64,
+    /// Rows in the dead letters.
+    #[diesel(sql_type = BigInt)]
+    pub dead_letters: i64,
 }
 
 /// The outbox's statements, rendered once for its table name.
@@ -140,7 +149,7 @@ impl Store {
         // unsent set, so a row that committed late is simply found by the next read.
         let fetch_sql = format!(
             "SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.sequence, o.event_type, \
-             o.payload::text AS payload, o.headers::text AS headers, o.attempts, {part} AS partition \
+             o.payload::text AS payload, o.headers::text AS headers, o.attempts, {part} AS partition, o.created_at \
              FROM {t} o \
              WHERE o.sent_at IS NULL AND {part} = ANY($1) \
                AND o.id NOT IN (SELECT unnest($3::bigint[])) \
@@ -252,17 +261,19 @@ impl Store {
         Ok(())
     }
 
-    /// Unsent rows and the age of the oldest, in seconds (0 when none).
-    pub async fn backlog(&self) -> Result<(i64, f64), StoreError> {
+    /// Unsent rows, the age of the oldest and the dead letters, in one snapshot.
+    pub async fn backlog(&self) -> Result<Backlog, StoreError> {
         let mut c = self.conn().await?;
-        let b: Backlog = diesel::sql_query(format!(
-            "SELECT count(*) AS pending, extract(epoch FROM now() - min(created_at))::float8 AS lag \
+        Ok(diesel::sql_query(format!(
+            "SELECT count(*) AS pending, \
+             greatest(coalesce(extract(epoch FROM now() - min(created_at))::float8, 0), 0) AS lag, \
+             (SELECT count(*) FROM {}) AS dead_letters \
              FROM {} WHERE sent_at IS NULL",
+            self.names.object("dead_letters"),
             self.names.table()
         ))
         .get_result(&mut c)
-        .await?;
-        Ok((b.pending, b.lag.unwrap_or(0.0).max(0.0)))
+        .await?)
     }
 
     /// Deletes up to `batch` sent rows created before `retention` ago; returns how many.

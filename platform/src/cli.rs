@@ -37,6 +37,11 @@ pub const COMMON_SETTINGS: &[Setting] = &[
         about: "json or pretty",
     },
     Setting {
+        name: "ACCESS_LOG_LEVEL",
+        default: "info",
+        about: "level of the one access log line per request (off, error, warn, info, debug, trace)",
+    },
+    Setting {
         name: "OTEL_EXPORTER_OTLP_ENDPOINT",
         default: "unset: no tracing",
         about: "OTLP/HTTP collector (spans to <it>/v1/traces), e.g. http://collector:4318",

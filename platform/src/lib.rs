@@ -13,6 +13,8 @@
 //! - [`http`]: middleware (request ids, trace ids, metrics, timeouts, limits), the JSON body
 //!   extractor that maps every malformed body to its 4xx, `/health/*` and `/metrics`, and
 //!   serving with graceful shutdown;
+//! - [`meters`]: the catalog of metrics (HELP, type, unit; counters at zero from the start),
+//!   build, process and pool metrics;
 //! - [`db`]: the PostgreSQL pool, with bounded waits;
 //! - [`breaker`]: the circuit breaker guarding a dependency (the relay's PostgreSQL and
 //!   RabbitMQ, the read-api's Redis);
@@ -27,8 +29,10 @@ pub mod cli;
 pub mod db;
 pub mod http;
 pub mod listen;
+pub mod meters;
 pub mod problem;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod terminal;
 pub mod trace_context;

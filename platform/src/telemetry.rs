@@ -74,7 +74,8 @@ impl Drop for Telemetry {
 }
 
 /// Installs the global tracing subscriber, and the OpenTelemetry exporter if an OTLP endpoint
-/// is set. Call once, first thing in `main`; `service` is the default `service.name`.
+/// is set, and reads the access log's level (`ACCESS_LOG_LEVEL`). Call once, first thing in
+/// `main`; `service` is the default `service.name`.
 pub fn init(service: &'static str) -> Result<Telemetry, SettingError> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new("info"))
@@ -90,6 +91,7 @@ pub fn init(service: &'static str) -> Result<Telemetry, SettingError> {
             ));
         }
     };
+    crate::http::access_log::init()?;
     let provider = tracer_provider(service)?;
     let otel = provider.as_ref().map(|p| {
         let traced = TRACED_CRATES

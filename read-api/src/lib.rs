@@ -50,8 +50,10 @@
 pub mod announcement;
 pub mod app;
 pub mod cache;
+pub mod catalog;
 pub mod consistency;
 pub mod cursor;
+pub mod dead_letters;
 pub mod error;
 pub mod http;
 pub mod migrate;

@@ -1,8 +1,10 @@
 //! `read-api [serve]` serves HTTP and runs the projector in the same process (applying
 //! pending migrations first); `read-api migrate` only applies them; `read-api rebuild
-//! [--from-available]` rebuilds the views from the event stream. Arguments are parsed before
+//! [--from-available]` rebuilds the views from the event stream; `read-api dlq
+//! list|show|replay|discard` handles the projector's dead letters. Arguments are parsed before
 //! any setting is read, so `--help` needs none.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use clap::{Parser, Subcommand};
 use ordering_platform::cli::{self, AMQP_SETTINGS, AUTH_SETTINGS, COMMON_SETTINGS};
 use ordering_platform::settings::SettingError;
 use ordering_platform::{http, shutdown, telemetry};
+use read_api::dead_letters::{self, DeadLetter, DeadLetterError, DeadLetterQueue, Disposition};
 use read_api::settings::HELP;
 use read_api::{Service, Settings, rebuild};
 
@@ -27,11 +30,49 @@ enum Command {
     Serve,
     /// Apply pending view migrations and exit
     Migrate,
+    /// Inspect and resolve the projector's dead letters (<PROJECTOR_QUEUE>.dead)
+    #[command(subcommand)]
+    Dlq(Dlq),
     /// Rebuild the views from the event stream, then swap them in
     Rebuild {
         /// Start from the oldest event the stream still holds, even if older ones were dropped
         #[arg(long)]
         from_available: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dlq {
+    /// List dead letters, oldest first, as a table
+    List {
+        /// One JSON object a line, every field in full
+        #[arg(long)]
+        json: bool,
+        /// List at most this many
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print one dead letter in full: headers, reason and body
+    Show {
+        /// Its id, as `dlq list` prints it
+        id: String,
+        /// As one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to the projector to be applied again
+    Replay {
+        /// The id of the dead letter to send back
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Send every dead letter back
+        #[arg(long)]
+        all: bool,
+    },
+    /// Drop a dead letter for good
+    Discard {
+        /// The id of the dead letter to drop
+        id: String,
     },
 }
 
@@ -44,6 +85,11 @@ async fn main() -> ExitCode {
         // Only the database: migrating asks for no secret.
         Command::Migrate => migrate(&read_api::settings::database_url().unwrap_or_else(|e| e.exit())).await,
         Command::Rebuild { from_available } => run_rebuild(settings(), from_available).await,
+        // Only the broker: dead letters need no database, Redis or secret.
+        Command::Dlq(command) => {
+            let amqp_url = read_api::settings::amqp_url().unwrap_or_else(|e| e.exit());
+            dlq(&amqp_url, &read_api::settings::projector_queue(), command).await
+        }
     })
 }
 
@@ -113,5 +159,87 @@ async fn run_rebuild(settings: Settings, from_available: bool) -> anyhow::Result
             std::process::exit(1);
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+async fn dlq(amqp_url: &str, projector_queue: &str, command: Dlq) -> anyhow::Result<()> {
+    let queue = DeadLetterQueue::open(amqp_url, projector_queue).await?;
+    let result = run_dlq(&queue, command).await;
+    queue.close().await;
+    result
+}
+
+async fn run_dlq(queue: &DeadLetterQueue, command: Dlq) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Dlq::List { json, limit } => {
+            let letters: Vec<_> = queue
+                .sweep(limit, |_| Disposition::Keep)
+                .await?
+                .into_iter()
+                .map(|(d, _)| d)
+                .collect();
+            if json {
+                for d in &letters {
+                    serde_json::to_writer(&mut out, d)?;
+                    writeln!(out)?;
+                }
+            } else {
+                dead_letters::table(&mut out, &letters, queue.name())?;
+            }
+        }
+        Dlq::Show { id, json } => {
+            let taken = queue.sweep(usize::MAX, |_| Disposition::Keep).await?;
+            let Some((d, _)) = taken.iter().find(|(d, _)| d.id == id) else {
+                return Err(unknown(id, queue).into());
+            };
+            if json {
+                serde_json::to_writer_pretty(&mut out, d)?;
+                writeln!(out)?;
+            } else {
+                dead_letters::show(&mut out, d)?;
+            }
+        }
+        Dlq::Replay { id, .. } => {
+            let chosen = |d: &DeadLetter| id.as_deref().is_none_or(|id| d.id == id);
+            let taken = queue
+                .sweep(usize::MAX, |d| {
+                    if chosen(d) {
+                        Disposition::Replay
+                    } else {
+                        Disposition::Keep
+                    }
+                })
+                .await?;
+            let n = taken.iter().filter(|(_, what)| *what == Disposition::Replay).count();
+            if let (Some(id), 0) = (id, n) {
+                return Err(unknown(id, queue).into());
+            }
+            writeln!(out, "replayed {n}")?;
+        }
+        Dlq::Discard { id } => {
+            let taken = queue
+                .sweep(usize::MAX, |d| {
+                    if d.id == id {
+                        Disposition::Discard
+                    } else {
+                        Disposition::Keep
+                    }
+                })
+                .await?;
+            let n = taken.iter().filter(|(_, what)| *what == Disposition::Discard).count();
+            if n == 0 {
+                return Err(unknown(id, queue).into());
+            }
+            writeln!(out, "discarded {n}")?;
+        }
+    }
+    Ok(())
+}
+
+fn unknown(id: String, queue: &DeadLetterQueue) -> DeadLetterError {
+    DeadLetterError::Unknown {
+        id,
+        queue: queue.name().to_owned(),
     }
 }

@@ -37,12 +37,13 @@ impl Service {
     /// `PROJECTOR=off`) the projector.
     pub async fn start(settings: &Settings) -> Result<Self, StartError> {
         // The recorder must exist before the cache and projector create their counters.
-        let _ = ordering_platform::http::ops::metrics_handle();
+        crate::catalog::install();
         let applied = crate::migrate::run(&settings.database_url).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "view migrations applied");
         }
         let pool = db::pool(&settings.database_url, settings.pool_size, None);
+        ordering_platform::meters::watch_pool(pool.clone());
         let cache = Cache::new(
             &settings.redis_url,
             &settings.redis_key_prefix,

@@ -88,7 +88,7 @@ impl Settings {
             .unwrap_or_else(|| uuid::Uuid::new_v4().as_bytes().to_vec());
         let exchange = settings::string("EVENTS_EXCHANGE", ordering_schema::events::DEFAULT_EXCHANGE);
         let stream = settings::string("EVENT_LOG_STREAM", &format!("{exchange}.log"));
-        let queue = settings::string("PROJECTOR_QUEUE", "read-api.projector");
+        let queue = projector_queue();
         for (name, v) in [
             ("EVENTS_EXCHANGE", &exchange),
             ("EVENT_LOG_STREAM", &stream),
@@ -137,11 +137,7 @@ impl Settings {
         Ok(Self {
             database_url,
             pool_size: settings::parsed("READ_POOL_SIZE", 16)?,
-            amqp_url: settings::url(
-                "AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-                &["amqp://", "amqps://"],
-            )?,
+            amqp_url: amqp_url()?,
             redis_url,
             redis_key_prefix: settings::string("REDIS_KEY_PREFIX", "ordering:read:"),
             redis_timeout: Duration::from_millis(settings::parsed("REDIS_TIMEOUT_MS", 100)?),
@@ -272,4 +268,18 @@ pub fn database_url() -> Result<String, SettingError> {
         &database_default,
         &["postgres://", "postgresql://"],
     )
+}
+
+/// `AMQP_URL` alone: with [`projector_queue`], what `read-api dlq` needs.
+pub fn amqp_url() -> Result<String, SettingError> {
+    settings::url(
+        "AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        &["amqp://", "amqps://"],
+    )
+}
+
+/// `PROJECTOR_QUEUE`: the projector's queue (its dead letters are in `<queue>.dead`).
+pub fn projector_queue() -> String {
+    settings::string("PROJECTOR_QUEUE", "read-api.projector")
 }

@@ -4,6 +4,7 @@
 
 pub mod api_docs;
 pub mod browser;
+pub mod metrics_text;
 pub mod otlp;
 pub mod pipeline;
 pub mod process;

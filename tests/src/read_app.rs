@@ -208,12 +208,17 @@ impl ReadApp {
 
     /// Publishes `body` as is.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        self.publish_to(&self.settings.exchange, routing_key, body).await;
+    }
+
+    /// Publishes `body` to `exchange` with `routing_key` and waits for the confirm.
+    async fn publish_to(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ordering_schema::events::MESSAGE_CONTENT_TYPE.into());
         self.publisher
             .basic_publish(
-                self.settings.exchange.as_str().into(),
+                exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
@@ -223,6 +228,31 @@ impl ReadApp {
             .expect("publish")
             .await
             .expect("confirm");
+    }
+
+    /// How many messages the dead-letter queue holds (a passive declare: reads, takes nothing).
+    pub async fn dead_letter_count(&self) -> u32 {
+        let ch = self.amqp.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                format!("{}.dead", self.settings.queue).as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the dead-letter queue exists");
+        let _ = ch.close(200, "bye".into()).await;
+        q.message_count()
+    }
+
+    /// Publishes `body` straight into the dead-letter queue, as if the projector had given up on
+    /// it (through the default exchange; no `x-death`).
+    pub async fn publish_dead_letter(&self, body: &[u8]) {
+        let queue = format!("{}.dead", self.settings.queue);
+        self.publish_to("", &queue, body).await;
     }
 
     /// Messages in the dead-letter queue (consumes them).

@@ -19,6 +19,7 @@
 //!   so a "503 timeout" answer means nothing was written and a retry is safe.
 
 pub mod app;
+pub mod catalog;
 pub mod commands;
 pub mod domain;
 pub mod error;

@@ -73,6 +73,8 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
 
 /// The whole HTTP application: commands, `/openapi.json`, `/docs`, ops endpoints, middleware.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    crate::catalog::install();
+    ordering_platform::meters::watch_pool(state.pool.clone());
     let (commands, mut doc) = api().split_for_parts();
     document_problems(&mut doc);
     let pool = state.pool.clone();

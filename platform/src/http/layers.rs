@@ -1,9 +1,9 @@
 //! The middleware every service puts around its router, outermost first:
 //! request id (set or kept, echoed back) → the request's span (the OpenTelemetry server span,
-//! continuing the caller's W3C trace context), with request id and trace id →
-//! metrics by route and status, and bare errors as problems → panic → problem 500 → request
-//! timeout → concurrency limit (which `/health/*` bypasses: a probe answers however many
-//! requests are in flight or waiting).
+//! continuing the caller's W3C trace context), with request id and trace id → metrics by route
+//! and status and the access log line ([`super::access_log`]), and bare errors as problems →
+//! panic → problem 500 → request timeout → concurrency limit (which `/health/*` bypasses: a
+//! probe answers however many requests are in flight or waiting).
 //!
 //! Every request goes through all of it, so it is kept cheap: ids come from a thread-local
 //! CSPRNG (not a system call per id), the span's fields are only computed when the span is
@@ -172,7 +172,8 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     }
 }
 
-/// `http_requests_total` and `http_request_duration_seconds` of one (route, method, status).
+/// `http_requests_total` (by status) and `http_request_duration_seconds` (by status class) of
+/// one (route, method, status).
 struct Handles {
     method: Method,
     status: StatusCode,
@@ -185,7 +186,8 @@ thread_local! {
     static HANDLES: RefCell<HashMap<Box<str>, Vec<Handles>>> = RefCell::new(HashMap::new());
 }
 
-/// Counts a request and records its duration, by method, route and status.
+/// Counts a request by method, route and status, and records its duration by method, route
+/// and status class.
 fn record(method: &Method, route: &str, status: StatusCode, elapsed: Duration) {
     let seconds = elapsed.as_secs_f64();
     HANDLES.with(|cell| {
@@ -203,11 +205,17 @@ fn record(method: &Method, route: &str, status: StatusCode, elapsed: Duration) {
             ("route", route.to_owned()),
             ("status", status.as_str().to_owned()),
         ];
+        // The histogram by status class: one set of buckets per class, not per code.
+        let class = [
+            labels[0].clone(),
+            labels[1].clone(),
+            ("status_class", format!("{}xx", status.as_u16() / 100)),
+        ];
         let h = Handles {
             method: method.clone(),
             status,
             requests: metrics::counter!("http_requests_total", &labels),
-            duration: metrics::histogram!("http_request_duration_seconds", &labels),
+            duration: metrics::histogram!("http_request_duration_seconds", &class),
         };
         h.requests.increment(1);
         h.duration.record(seconds);
@@ -255,7 +263,9 @@ where
         Box::pin(async move {
             let res = bare_error_as_problem(response.await?.map(axum::body::Body::new));
             let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-            record(&method, route, res.status(), start.elapsed());
+            let elapsed = start.elapsed();
+            record(&method, route, res.status(), elapsed);
+            crate::http::access_log::log(&method, route, res.status(), elapsed);
             Ok(res)
         })
     }

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by the services: middleware, the JSON body and path id extractors, the
 //! ops endpoints, and serving with graceful shutdown.
 
+pub mod access_log;
 pub mod json;
 pub mod layers;
 pub mod openapi;

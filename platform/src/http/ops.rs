@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::BoxFuture;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 
 use crate::problem::PROBLEM_JSON;
@@ -109,14 +109,19 @@ async fn readiness(State(s): State<OpsState>) -> Response {
 }
 
 async fn render_metrics(State(s): State<OpsState>) -> impl IntoResponse {
+    crate::meters::sample();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
 }
 
+/// Histograms of how long an event takes through the pipeline: a backlog makes them minutes,
+/// beyond the 10 s the request buckets end at.
+pub const PIPELINE_HISTOGRAMS: &[&str] = &["relay_commit_to_confirm_seconds", "read_event_lag_seconds"];
+
 /// The process-wide Prometheus recorder, installed on first use. Latency histograms share
-/// one set of buckets, from 0.5 ms to 10 s.
+/// one set of buckets, from 0.5 ms to 10 s, except [`PIPELINE_HISTOGRAMS`] (5 ms to 10 min).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -124,10 +129,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             let buckets = [
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ];
-            let recorder = PrometheusBuilder::new()
+            let pipeline = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+            ];
+            let mut builder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
-                .expect("buckets are not empty")
-                .build_recorder();
+                .expect("buckets are not empty");
+            for name in PIPELINE_HISTOGRAMS {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full((*name).to_owned()), &pipeline)
+                    .expect("buckets are not empty");
+            }
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (tests building several apps in one
             // process); then this handle just renders nothing new, which is harmless.

@@ -100,6 +100,10 @@ struct Metrics {
     gaps: metrics::Counter,
     /// Events parked (all instances), as of the last sweep.
     parked: metrics::Gauge,
+    /// Aggregates with events parked (all instances), as of the last sweep.
+    gaps_open: metrics::Gauge,
+    /// Messages in the dead-letter queue, as of the last sweep.
+    dead_letters: metrics::Gauge,
     /// Gaps timed out within [`GAP_REPORT_FOR`].
     gaps_timed_out: metrics::Gauge,
     /// Parked events moved to the dead-letter queue.
@@ -110,6 +114,8 @@ struct Metrics {
     /// Events the database refuses.
     refused: metrics::Counter,
     lag: metrics::Gauge,
+    /// Event time to applied, per event.
+    event_lag: metrics::Histogram,
 }
 
 pub(crate) struct Work {
@@ -156,12 +162,15 @@ impl Projector {
             duplicates: metrics::counter!("read_events_duplicates_ignored_total"),
             gaps: metrics::counter!("read_events_gaps_held_total"),
             parked: metrics::gauge!("read_events_parked"),
+            gaps_open: metrics::gauge!("read_gaps_open"),
+            dead_letters: metrics::gauge!("read_dead_letters"),
             gaps_timed_out: metrics::gauge!("read_gaps_timed_out"),
             timed_out: metrics::counter!("read_events_dead_lettered_total", "reason" => "gap_timeout"),
             unknown: metrics::counter!("read_events_unknown_total"),
             poison: metrics::counter!("read_events_dead_lettered_total", "reason" => "poison"),
             refused: metrics::counter!("read_events_dead_lettered_total", "reason" => "refused"),
             lag: metrics::gauge!("read_projection_lag_seconds"),
+            event_lag: metrics::histogram!("read_event_lag_seconds"),
         };
         Self {
             pool,
@@ -217,6 +226,9 @@ impl Projector {
         ch.basic_qos(self.topology.prefetch, BasicQosOptions::default()).await?;
         let dead_letters = conn.create_channel().await?;
         dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
+        // A channel of its own for counting the dead letters: a failed passive declare closes
+        // its channel, which must not be the one dead letters are published on.
+        let counting = conn.create_channel().await?;
         let tag = format!("read-api-{}", Uuid::new_v4().simple());
         let mut consumer = ch
             .basic_consume(
@@ -238,7 +250,10 @@ impl Projector {
             workers.push(tokio::spawn(self.clone().worker(rx, stop.clone())));
         }
         let sweep_stop = stop.child_token();
-        let sweeper = tokio::spawn(self.clone().sweeper(dead_letters.clone(), sweep_stop.clone()));
+        let sweeper = tokio::spawn(
+            self.clone()
+                .sweeper(dead_letters.clone(), counting.clone(), sweep_stop.clone()),
+        );
         let result = loop {
             let next = tokio::select! {
                 d = consumer.next() => d,
@@ -297,6 +312,7 @@ impl Projector {
         sweep_stop.cancel();
         let _ = sweeper.await;
         let _ = dead_letters.close(200, "bye".into()).await;
+        let _ = counting.close(200, "bye".into()).await;
         self.connected.store(false, Ordering::Relaxed);
         let _ = ch.close(200, "bye".into()).await;
         let _ = conn.close(200, "bye".into()).await;

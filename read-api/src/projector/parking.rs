@@ -62,6 +62,8 @@ struct KeyRow {
 struct Count {
     #[diesel(sql_type = BigInt)]
     n: i64,
+    #[diesel(sql_type = BigInt)]
+    gaps: i64,
 }
 
 fn split(keys: &[Key]) -> (Vec<&'static str>, Vec<Uuid>) {
@@ -224,10 +226,10 @@ pub async fn of_expired(
     .await
 }
 
-/// How many events are parked.
-pub async fn count(conn: &mut AsyncPgConnection) -> diesel::QueryResult<i64> {
-    let c: Count = diesel::sql_query("SELECT count(*) AS n FROM rv_parked")
+/// How many events are parked, and behind how many gaps (aggregates with a parked event).
+pub async fn count(conn: &mut AsyncPgConnection) -> diesel::QueryResult<(i64, i64)> {
+    let c: Count = diesel::sql_query("SELECT count(*) AS n, count(DISTINCT (aggregate, id)) AS gaps FROM rv_parked")
         .get_result(conn)
         .await?;
-    Ok(c.n)
+    Ok((c.n, c.gaps))
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncConnection;
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
@@ -94,8 +94,8 @@ enum SweepError {
 
 impl Projector {
     /// Sweeps until `stop`, publishing timed-out parked events on `dead_letters` (a channel
-    /// in confirm mode).
-    pub(super) async fn sweeper(self, dead_letters: Channel, stop: CancellationToken) {
+    /// in confirm mode) and counting the dead-letter queue's messages on `counting`.
+    pub(super) async fn sweeper(self, dead_letters: Channel, counting: Channel, stop: CancellationToken) {
         let every = (self.gap_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         let mut tick = tokio::time::interval(every);
         loop {
@@ -111,13 +111,37 @@ impl Projector {
             }
             match self.pool.get().await {
                 Ok(mut conn) => match parking::count(&mut conn).await {
-                    Ok(n) => self.metrics.parked.set(n as f64),
+                    Ok((events, gaps)) => {
+                        self.metrics.parked.set(events as f64);
+                        self.metrics.gaps_open.set(gaps as f64);
+                    }
                     Err(e) => tracing::warn!(error = %e, "projector sweep: counting parked events failed"),
                 },
                 Err(e) => tracing::warn!(error = %e, "projector sweep: no database connection"),
             }
             self.metrics.gaps_timed_out.set(self.gap_report.recent() as f64);
+            if counting.status().connected() {
+                match self.dead_letter_count(&counting).await {
+                    Ok(n) => self.metrics.dead_letters.set(f64::from(n)),
+                    Err(e) => tracing::warn!(error = %e, "projector sweep: counting dead letters failed"),
+                }
+            }
         }
+    }
+
+    /// The messages in the dead-letter queue (a passive declare: it reads, never creates).
+    async fn dead_letter_count(&self, counting: &Channel) -> Result<u32, lapin::Error> {
+        let queue = counting
+            .queue_declare(
+                self.topology.dead_letter_queue().as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue.message_count())
     }
 
     /// Applies parked events whose predecessor is applied.

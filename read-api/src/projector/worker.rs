@@ -143,6 +143,8 @@ impl Projector {
         match outcome {
             Outcome::Applied { doc, revision } => {
                 changes.latest = changes.latest.max(Some(event.time()));
+                let lag = (Utc::now() - event.time()).num_microseconds().unwrap_or(i64::MAX);
+                self.metrics.event_lag.record(lag.max(0) as f64 / 1e6);
                 let owner = match event {
                     Event::Product { .. } => {
                         self.metrics.applied_product.increment(1);

@@ -8,6 +8,8 @@ mod bad_input;
 mod cache;
 mod cluster;
 mod consistency;
+mod dlq_cli;
+mod metrics;
 mod money;
 mod projector;
 mod rebuild;

@@ -3,6 +3,7 @@
 //! PostgreSQL), are applied when their gap fills, and go to the dead-letter queue when it does
 //! not fill within `GAP_TIMEOUT`.
 
+use ordering_tests::metrics_text::sample;
 use std::time::Duration;
 
 use chrono::{NaiveDate, TimeZone, Utc};
@@ -136,9 +137,25 @@ async fn events_from_the_future_leave_the_window_apply_when_the_gap_fills_and_ti
         ready.text
     );
     assert!(detail.contains("read-api rebuild"), "{}", ready.text);
-    let metrics = app.metrics().await;
-    assert!(metrics.contains("read_gaps_timed_out"), "timed-out gaps not measured");
-    assert!(metrics.contains("read_events_parked"), "parked events not measured");
+    // The gauges follow at the next sweep.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app.metrics().await;
+        let timed_out = sample(&metrics, "read_gaps_timed_out", &[]).unwrap_or_default();
+        let moved = sample(
+            &metrics,
+            "read_events_dead_lettered_total",
+            &[("reason", "gap_timeout")],
+        );
+        if timed_out > 0.0 && moved == Some(1000.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed-out gaps not measured: {timed_out} gaps, {moved:?} moved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let parked = app.query_json("SELECT count(*)::bigint AS n FROM rv_parked").await;
     assert_eq!(parked[0]["n"], 0, "dead-lettered events are still parked");
 }

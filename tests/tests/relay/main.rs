@@ -8,4 +8,5 @@ mod dead_letters;
 mod delivery;
 mod dlq_cli;
 mod failures;
+mod metrics;
 mod unroutable;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 const BINARIES: [(&str, &[&str]); 3] = [
     ("write-api", &["serve", "migrate", "token"]),
     ("outbox-relay", &["serve", "migrate", "dlq"]),
-    ("read-api", &["serve", "migrate", "rebuild"]),
+    ("read-api", &["serve", "migrate", "rebuild", "dlq"]),
 ];
 
 /// Only `RUST_BACKTRACE=1`: no secret, no database, nothing else (`run_to_exit` clears the rest).

@@ -2,9 +2,11 @@
 //! metrics, the OpenAPI document, and problem bodies for unknown routes and wrong methods.
 
 use ordering_tests::api_docs::assert_docs_served;
-use ordering_tests::write_app::{WriteApp, admin_token, answer};
+use ordering_tests::metrics_text::{not_at_zero, sample, undescribed};
+use ordering_tests::write_app::{WriteApp, admin_token, answer, customer_token};
 use reqwest::Method;
 use serde_json::json;
+use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_live_and_ready_are_200_with_postgres_ok() {
@@ -47,13 +49,85 @@ async fn metrics_count_requests_and_time_them_by_route_and_status() {
     assert!(created.ends_with(" 1"), "{created}");
     let conflict = line_with("http_requests_total", "409").unwrap_or_else(|| panic!("no 409 counter in\n{}", m.text));
     assert!(conflict.ends_with(" 1"), "{conflict}");
-    let count = line_with("http_request_duration_seconds_count", "201")
-        .unwrap_or_else(|| panic!("no latency histogram in\n{}", m.text));
-    assert!(count.ends_with(" 1"), "{count}");
+    // Durations by status class: the 201 and the 409 in two series, not one per code.
+    let by_class = |suffix: &str, class: &str| {
+        sample(
+            &m.text,
+            &format!("http_request_duration_seconds{suffix}"),
+            &[("route", "/v1/products"), ("method", "POST"), ("status_class", class)],
+        )
+    };
+    assert_eq!(by_class("_count", "2xx"), Some(1.0), "{}", m.text);
+    assert_eq!(by_class("_count", "4xx"), Some(1.0), "{}", m.text);
     assert!(
-        line_with("http_request_duration_seconds_bucket", "201").is_some(),
+        by_class("_bucket", "2xx").is_some(),
         "latency is a histogram with buckets"
     );
+    assert!(
+        line_with("http_request_duration_seconds_count", "201").is_none(),
+        "durations are not labelled by status code"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_described_and_business_counters_count_committed_commands_from_zero() {
+    let app = WriteApp::start().await;
+    let m = answer(app.client.get(app.url("/metrics"))).await;
+    assert_eq!(undescribed(&m.text), Vec::<String>::new(), "{}", m.text);
+    assert_eq!(
+        not_at_zero(&m.text, write_api::catalog::WRITE),
+        Vec::<String>::new(),
+        "{}",
+        m.text
+    );
+    for name in [
+        "orders_placed_total",
+        "orders_paid_total",
+        "orders_shipped_total",
+        "orders_cancelled_total",
+        "stock_refusals_total",
+    ] {
+        assert_eq!(sample(&m.text, name, &[]), Some(0.0), "{name} in {}", m.text);
+    }
+    assert_eq!(
+        sample(&m.text, "build_info", &[("service", "write-api")]),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    assert!(sample(&m.text, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
+    assert_eq!(sample(&m.text, "db_pool_connections_max", &[]), Some(8.0), "{}", m.text);
+
+    let product = app.create_product("BIZ-1", 100, "EUR", 1).await;
+    let id = product["id"].as_str().expect("id").to_owned();
+    let customer = Uuid::now_v7();
+    let placed = app.place_order(&customer_token(customer), None, &[(&id, 1)]).await;
+    assert_eq!(placed.status, 201, "{}", placed.text);
+    let refused = app.place_order(&customer_token(customer), None, &[(&id, 1)]).await;
+    refused.assert_problem(409, "insufficient_stock");
+    // A repeat answered from its Idempotency-Key is not a second order.
+    let order = placed.body["id"].as_str().expect("order id").to_owned();
+    for _ in 0..2 {
+        let paid = answer(
+            app.post(
+                &format!("/v1/orders/{order}/pay"),
+                &customer_token(customer),
+                &json!({"payment_reference": "P-1"}),
+            )
+            .header("Idempotency-Key", "pay-once"),
+        )
+        .await;
+        assert_eq!(paid.status, 200, "{}", paid.text);
+    }
+    let m = answer(app.client.get(app.url("/metrics"))).await;
+    for (name, want) in [
+        ("orders_placed_total", 1.0),
+        ("orders_paid_total", 1.0),
+        ("orders_shipped_total", 0.0),
+        ("stock_refusals_total", 1.0),
+    ] {
+        assert_eq!(sample(&m.text, name, &[]), Some(want), "{name} in {}", m.text);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,6 +32,8 @@ struct CancelOrder {
 }
 
 impl Command for CancelOrder {
+    const COUNTER: Option<&'static str> = Some(crate::catalog::ORDERS_CANCELLED);
+
     async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         // Lock order: the order first, then its products in ascending id order, the same
         // order every command uses, so no two transactions wait on each other in a cycle.

@@ -40,6 +40,38 @@ pub trait Command: Send {
         conn: &mut AsyncPgConnection,
         meta: &CommandMeta,
     ) -> impl Future<Output = Result<Reply, ApiError>> + Send;
+
+    /// The business counter ([`crate::catalog`]) a committed success of this command adds to.
+    const COUNTER: Option<&'static str> = None;
+}
+
+/// How a command's transaction ended, for the business counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The command ran and its change (if any) committed.
+    Done,
+    /// Refused (a 4xx) and the refusal remembered under its `Idempotency-Key`.
+    Refused { stock: bool },
+    /// A repeat, answered with the first answer: counted then, not again.
+    Replayed,
+}
+
+/// Is `e` the refusal of an order or adjustment for want of stock?
+fn is_stock_refusal(e: &ApiError) -> bool {
+    matches!(e, ApiError::Domain(DomainError::InsufficientStock { .. }))
+}
+
+/// Counts a finished command, now that its transaction committed (or rolled back).
+fn count<C: Command>(result: &Result<(Reply, Ending), ApiError>) {
+    let counter = match result {
+        Ok((_, Ending::Done)) => C::COUNTER,
+        Ok((_, Ending::Refused { stock: true })) => Some(crate::catalog::STOCK_REFUSALS),
+        Err(e) if is_stock_refusal(e) => Some(crate::catalog::STOCK_REFUSALS),
+        _ => None,
+    };
+    if let Some(name) = counter {
+        metrics::counter!(name).increment(1);
+    }
 }
 
 /// Runs `command` in one transaction, honouring the request's `Idempotency-Key`.
@@ -74,10 +106,11 @@ pub async fn execute<C: Command + 'static>(
     );
     let task = async move {
         let result = run_in_transaction(&app, &meta, &body, command, deadline).await;
+        count::<C>(&result);
         if result.is_err() {
             trace_context::fail(&tracing::Span::current(), "rolled back");
         }
-        result
+        result.map(|(reply, _)| reply)
     };
     tokio::spawn(task.instrument(span))
         .await
@@ -90,7 +123,7 @@ async fn run_in_transaction<C: Command>(
     body: &serde_json::Value,
     command: C,
     deadline: Instant,
-) -> Result<Reply, ApiError> {
+) -> Result<(Reply, Ending), ApiError> {
     let mut conn = app.pool.get().await?;
     let scope = meta.idempotency_key.as_deref().map(|key| KeyScope {
         caller: meta.caller.subject.to_string(),
@@ -115,25 +148,30 @@ async fn run_claimed<C: Command>(
     meta: &CommandMeta,
     scope: Option<&KeyScope<'_>>,
     command: C,
-) -> Result<Reply, ApiError> {
+) -> Result<(Reply, Ending), ApiError> {
     let Some(scope) = scope else {
-        return command.run(conn, meta).await;
+        return Ok((command.run(conn, meta).await?, Ending::Done));
     };
     match idempotency::claim(conn, scope).await? {
-        Claim::Replay(reply) => return Ok(reply),
+        Claim::Replay(reply) => return Ok((reply, Ending::Replayed)),
         Claim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
         Claim::Fresh => {}
     }
     let outcome = conn
         .transaction::<_, ApiError, _>(async |conn| command.run(conn, meta).await)
         .await;
-    let reply = match outcome {
-        Ok(reply) => reply,
-        Err(e) if e.is_client_error() => Reply::refusal(&e),
+    let (reply, ending) = match outcome {
+        Ok(reply) => (reply, Ending::Done),
+        Err(e) if e.is_client_error() => (
+            Reply::refusal(&e),
+            Ending::Refused {
+                stock: is_stock_refusal(&e),
+            },
+        ),
         Err(e) => return Err(e),
     };
     idempotency::record(conn, scope, &reply).await?;
-    Ok(reply)
+    Ok((reply, ending))
 }
 
 /// The reply of a command that changed one product.

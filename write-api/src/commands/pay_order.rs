@@ -30,6 +30,8 @@ struct PayOrder {
 }
 
 impl Command for PayOrder {
+    const COUNTER: Option<&'static str> = Some(crate::catalog::ORDERS_PAID);
+
     async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         let reference = self.payment_reference;
         change_order_status(conn, meta, self.id, |o| o.pay(&reference, now())).await

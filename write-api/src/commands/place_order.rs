@@ -41,6 +41,8 @@ pub struct OrderLineInput {
 struct PlaceOrderCommand(PlaceOrder);
 
 impl Command for PlaceOrderCommand {
+    const COUNTER: Option<&'static str> = Some(crate::catalog::ORDERS_PLACED);
+
     async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         refuse_precondition_on_create(meta.if_match, "order")?;
         let request = self.0;

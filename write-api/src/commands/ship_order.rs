@@ -24,6 +24,8 @@ pub struct ShipOrderRequest {}
 struct ShipOrder(Uuid);
 
 impl Command for ShipOrder {
+    const COUNTER: Option<&'static str> = Some(crate::catalog::ORDERS_SHIPPED);
+
     async fn run(self, conn: &mut AsyncPgConnection, meta: &CommandMeta) -> Result<Reply, ApiError> {
         change_order_status(conn, meta, self.0, |o| o.ship(now())).await
     }
