@@ -70,12 +70,24 @@ impl ServiceProcess {
     /// Starts `package`'s binary with `args` and `env`, listening on a free port given in the
     /// setting `addr_var` (e.g. `WRITE_API_ADDR`).
     pub fn spawn(package: &str, args: &[&str], addr_var: &str, env: &HashMap<String, String>) -> Self {
+        Self::spawn_with_stdout(package, args, addr_var, env, Stdio::inherit())
+    }
+
+    /// [`ServiceProcess::spawn`], its standard output (where it logs) going to `stdout`.
+    pub fn spawn_with_stdout(
+        package: &str,
+        args: &[&str],
+        addr_var: &str,
+        env: &HashMap<String, String>,
+        stdout: Stdio,
+    ) -> Self {
         let addr = free_addr();
         let child = Command::new(binary(package))
             .args(args)
             .envs(env)
             .env(addr_var, addr.to_string())
             .stdin(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {package}: {e}"));
         Self { child, addr }

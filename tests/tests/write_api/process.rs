@@ -115,3 +115,61 @@ async fn sigterm_lets_in_flight_commands_finish_and_exits_cleanly() {
     );
     assert_eq!(db.count("outbox").await, answered);
 }
+
+/// The JSON lines of target `access` a write-api logged while answering one command, run with
+/// `ACCESS_LOG_LEVEL=level` (unset for `None`).
+async fn access_lines(level: Option<&str>) -> Vec<serde_json::Value> {
+    let db = TestDatabase::new().await;
+    let mut e = env(db.url());
+    e.insert("RUST_LOG".to_owned(), "info".to_owned());
+    e.insert("LOG_FORMAT".to_owned(), "json".to_owned());
+    if let Some(level) = level {
+        e.insert("ACCESS_LOG_LEVEL".to_owned(), level.to_owned());
+    }
+    let log = std::env::temp_dir().join(format!("access-{}.log", uuid::Uuid::new_v4()));
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut api = ServiceProcess::spawn_with_stdout("write-api", &[], "WRITE_API_ADDR", &e, file.into());
+    api.wait_ready_status(200, Duration::from_secs(60)).await;
+    let created = reqwest::Client::new()
+        .post(api.url("/v1/products"))
+        .bearer_auth(admin_token())
+        .header("x-request-id", "access-log-test-1")
+        .json(&json!({"sku": "ACC-1", "name": "n", "price_cents": 1, "currency": "EUR", "stock": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(created.status(), 201);
+    assert!(api.terminate(Duration::from_secs(10)).success());
+    let text = std::fs::read_to_string(&log).expect("read log");
+    let _ = std::fs::remove_file(&log);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "access")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_request_gets_one_access_log_line_at_info_unless_switched_off() {
+    let lines = access_lines(None).await;
+    let command: Vec<_> = lines.iter().filter(|l| l["route"] == "/v1/products").collect();
+    assert_eq!(command.len(), 1, "{lines:#?}");
+    let line = command[0];
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["method"], "POST", "{line}");
+    assert_eq!(line["status"], 201, "{line}");
+    assert!(line["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{line}");
+    assert!(
+        line.to_string().contains("access-log-test-1"),
+        "no request id in {line}"
+    );
+
+    assert!(access_lines(Some("off")).await.is_empty());
+    let debug = access_lines(Some("debug")).await;
+    assert!(debug.is_empty(), "RUST_LOG=info hides a debug access log: {debug:#?}");
+
+    let mut e = env("postgres://root@127.0.0.1:5432/unused");
+    e.insert("ACCESS_LOG_LEVEL".to_owned(), "loud".to_owned());
+    let (status, stderr) = run_to_exit("write-api", &[], &e);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ACCESS_LOG_LEVEL"), "{stderr}");
+}
