@@ -207,7 +207,7 @@ fn render(s: &AdminState, session: &Session, done: &Done, v: &View) -> Markup {
 
         h2 { "This instance" }
         table {
-            tr { th { "Publish rate" } td id="rate" { (format!("{:.1}", act.per_second)) " confirmed rows/s (last minute)" } }
+            tr { th { "Publish rate" } td id="rate" { (format!("{:.2}", act.per_second)) " confirmed rows/s (last minute)" } }
             tr {
                 th { "Confirm latency" }
                 td id="latency" {

@@ -206,6 +206,9 @@ async fn replay_and_discard_need_the_sessions_csrf_token_and_do_what_the_cli_doe
     );
     let (_, body) = get_admin(&p.relay.url("/admin"), Some(&cookie)).await;
     assert!(body.contains(r#"id="no-dead-letters""#), "{body}");
+    // The replayed event's confirm shows in this instance's rate and latency.
+    assert!(body.contains(r#"<td id="latency">p50 "#), "{body}");
+    assert!(!body.contains(r#"<td id="rate">0.00 "#), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
