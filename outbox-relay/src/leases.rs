@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Double, Integer, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
@@ -198,6 +198,29 @@ impl Leases {
             .await?;
         Ok(())
     }
+}
+
+/// One partition's lease as the admin page shows it.
+#[derive(Clone, Debug, QueryableByName)]
+pub struct LeaseView {
+    #[diesel(sql_type = Integer)]
+    pub partition: i32,
+    /// The instance holding it; `None` when it is free or its lease expired.
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub owner: Option<uuid::Uuid>,
+    #[diesel(sql_type = BigInt)]
+    pub fence: i64,
+}
+
+/// Every partition's lease, by partition, as the database has it now.
+pub async fn table(store: &Store) -> Result<Vec<LeaseView>, StoreError> {
+    let mut c = store.conn().await?;
+    Ok(diesel::sql_query(format!(
+        "SELECT partition, CASE WHEN expires_at > now() THEN owner END AS owner, fence FROM {} ORDER BY partition",
+        store.names().object("leases")
+    ))
+    .load(&mut c)
+    .await?)
 }
 
 /// Keeps this instance's leases until `stop` is cancelled. Each tick also wakes the

@@ -83,7 +83,8 @@
 //! `/health/ready` answers 503 while PostgreSQL or the broker is unreachable or a breaker is
 //! open; `/metrics` has rows published, pending rows, lag, publish, confirm and
 //! commit-to-confirm latencies, retries, dead letters, breaker states, partitions held, the
-//! pool, the process and the build ([`catalog`]).
+//! pool, the process and the build ([`catalog`]). With `JWT_SECRET` set, `/admin` is a page
+//! for a person with the same figures, partition owners and the dead letters ([`admin`]).
 //!
 //! ## Which instance reports the backlog
 //! Pending rows, lag and dead letters are figures of the whole table, the same whichever
@@ -92,6 +93,7 @@
 //! figure (as is `max()`), and the elected reporter moves with the partition's lease. Sent rows older than
 //! `OUTBOX_RETENTION` are deleted in small batches on the `OUTBOX_CLEANUP_CRON` schedule.
 
+pub mod admin;
 pub mod broker;
 pub mod catalog;
 pub mod dlq;
@@ -171,8 +173,17 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
 
     let http_stop = CancellationToken::new();
     let ready = readiness(pool.clone(), db.clone(), broker.clone(), broker_up.clone());
+    let activity = Arc::new(admin::Activity::default());
+    let admin_state = s.admin.clone().map(|gate| admin::AdminState {
+        gate,
+        store: store.clone(),
+        leases: leases.clone(),
+        breakers: vec![db.clone(), broker.clone()],
+        activity: activity.clone(),
+        exchange: s.exchange.clone(),
+    });
     let router = ordering_platform::http::layers::wrap(
-        ordering_platform::http::ops::router(ready),
+        ordering_platform::http::ops::router(ready).merge(admin::router(admin_state)),
         ordering_platform::http::layers::HttpLimits::default(),
     );
     let http = tokio::spawn(ordering_platform::http::serve(
@@ -227,6 +238,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
         broker_up,
         wake,
         db_reachable,
+        activity,
     };
     let publishing = tokio::spawn(publisher.run(stop.clone()));
     let stopper = stop.clone();

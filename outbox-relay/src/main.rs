@@ -12,14 +12,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-use ordering_platform::cli::{self, AMQP_SETTINGS, COMMON_SETTINGS};
+use ordering_platform::cli::{self, ADMIN_SETTINGS, AMQP_SETTINGS, COMMON_SETTINGS};
 use ordering_platform::settings::SettingError;
 use outbox_relay::settings::{HELP, Settings};
 use outbox_relay::store::DeadLetters;
 
 /// Publishes the rows of an outbox table to RabbitMQ, in order per aggregate, at least once.
 #[derive(Parser)]
-#[command(name = "outbox-relay", version, after_help = cli::settings_help(&[COMMON_SETTINGS, AMQP_SETTINGS, HELP]))]
+#[command(name = "outbox-relay", version, after_help = cli::settings_help(&[COMMON_SETTINGS, AMQP_SETTINGS, HELP, ADMIN_SETTINGS]))]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

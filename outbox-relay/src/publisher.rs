@@ -43,6 +43,8 @@ pub struct Publisher {
     /// Signalled by the listener each time it (re)connects to PostgreSQL: the database is
     /// reachable again, so a backoff waiting on it can end early.
     pub db_reachable: Arc<Notify>,
+    /// Recent confirms, for the admin page.
+    pub activity: Arc<crate::admin::Activity>,
 }
 
 type AggKey = (String, String);
@@ -264,7 +266,9 @@ impl Publisher {
             }
             match result {
                 Ok(Confirmation::Ack(_)) => {
-                    metrics::histogram!("relay_confirm_seconds").record(started.elapsed().as_secs_f64());
+                    let latency = started.elapsed();
+                    metrics::histogram!("relay_confirm_seconds").record(latency.as_secs_f64());
+                    self.activity.confirmed(latency);
                     // By the wall clock: the row's time is the database's (kept in step by NTP).
                     let since_commit = (chrono::Utc::now() - row.created_at)
                         .num_microseconds()

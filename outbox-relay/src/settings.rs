@@ -12,7 +12,7 @@ pub struct Settings {
     pub database_url: String,
     /// `AMQP_URL`: the broker.
     pub amqp_url: String,
-    /// `RELAY_ADDR`: where `/health/*` and `/metrics` are served.
+    /// `RELAY_ADDR`: where `/health/*`, `/metrics` and `/admin` are served.
     pub addr: std::net::SocketAddr,
     /// `OUTBOX_TABLE`: the outbox, plain (`outbox`) or schema-qualified (`billing.outbox`).
     pub table: crate::schema::TableNames,
@@ -48,6 +48,9 @@ pub struct Settings {
     pub breaker_cooldown: Duration,
     /// `RELAY_CONFIRM_TIMEOUT`: a confirm not received in this time counts as a broker failure.
     pub confirm_timeout: Duration,
+    /// `JWT_SECRET` (with `JWT_AUDIENCE`, `JWT_ISSUER`): signs in to the admin page `/admin`;
+    /// unset, the page is off.
+    pub admin: Option<ordering_platform::http::admin::AdminGate>,
 }
 
 impl Settings {
@@ -102,6 +105,7 @@ impl Settings {
             breaker_failures: settings::parsed("RELAY_BREAKER_FAILURES", 5u32)?,
             breaker_cooldown: settings::duration("RELAY_BREAKER_COOLDOWN", Duration::from_secs(5))?,
             confirm_timeout: settings::duration("RELAY_CONFIRM_TIMEOUT", Duration::from_secs(30))?,
+            admin: ordering_platform::http::admin::AdminGate::from_env()?,
         };
         let range = |name: &'static str, ok: bool, what: &str| {
             if ok {
@@ -195,7 +199,7 @@ pub const HELP: &[Setting] = &[
     Setting {
         name: "RELAY_ADDR",
         default: "127.0.0.1:8082",
-        about: "where /health/* and /metrics are served",
+        about: "where /health/*, /metrics and /admin are served",
     },
     Setting {
         name: "OUTBOX_TABLE",

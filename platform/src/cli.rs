@@ -114,6 +114,26 @@ pub const AUTH_SETTINGS: &[Setting] = &[
     },
 ];
 
+/// The admin page's settings, for a binary whose only use of tokens is its admin page
+/// (`http::admin::AdminGate::from_env`).
+pub const ADMIN_SETTINGS: &[Setting] = &[
+    Setting {
+        name: "JWT_SECRET",
+        default: "unset: no admin page",
+        about: "HS256 key of the admin tokens that sign in to /admin (at least 16 bytes)",
+    },
+    Setting {
+        name: "JWT_AUDIENCE",
+        default: "unset",
+        about: "when set, admin tokens must carry this aud",
+    },
+    Setting {
+        name: "JWT_ISSUER",
+        default: "unset",
+        about: "when set, admin tokens must carry this iss",
+    },
+];
+
 /// The `after_help` text listing `groups` of settings, and the exit codes.
 pub fn settings_help(groups: &[&[Setting]]) -> String {
     let all = groups.iter().flat_map(|g| g.iter());

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -88,6 +89,19 @@ impl Browser {
     pub async fn close(self) {
         let _ = self.client.close().await;
     }
+}
+
+/// How long [`wait_for`] waits for an element.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The first element matching `css`, waiting up to [`WAIT`] for it to appear.
+pub async fn wait_for(client: &Client, css: &str) -> Element {
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page within {WAIT:?}: {e}"))
 }
 
 /// Where tests leave what a person may want to look at afterwards (screenshots, driver logs):

@@ -2,6 +2,7 @@
 //! ops endpoints, and serving with graceful shutdown.
 
 pub mod access_log;
+pub mod admin;
 pub mod json;
 pub mod layers;
 pub mod openapi;

@@ -2,6 +2,7 @@
 //! child process, a RabbitMQ test exchange with a recording consumer, outbox fillers, and a
 //! database role that may only read.
 
+pub mod admin;
 pub mod broker;
 pub mod chaos_proxy;
 pub mod outbox;

@@ -6,22 +6,12 @@
 use std::time::Duration;
 
 use fantoccini::{Client, Locator};
-use ordering_tests::browser::{Browser, artifact_dir};
+use ordering_tests::browser::{Browser, artifact_dir, wait_for};
 use ordering_tests::pipeline::{Pipeline, PipelineOptions};
 use ordering_tests::write_app::admin_token;
 
-const WAIT: Duration = Duration::from_secs(30);
 /// The answer Swagger UI shows after "Execute" (the table's body row, not its header).
 const LIVE_RESPONSE: &str = "#operations-catalog-create_product .live-responses-table tbody";
-
-async fn wait_for(client: &Client, css: &str) -> fantoccini::elements::Element {
-    client
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css} on the page within {WAIT:?}: {e}"))
-}
 
 /// The ids Swagger UI gives the operations on the page (`operations-<tag>-<operationId>`).
 async fn operations_listed(client: &Client) -> Vec<String> {

@@ -150,7 +150,10 @@ fn help_lists_every_setting_its_binary_reads() {
     let auth = "platform/src/auth.rs";
     for (package, sources) in [
         ("write-api", vec!["write-api/src/settings.rs", auth]),
-        ("outbox-relay", vec!["outbox-relay/src/settings.rs"]),
+        (
+            "outbox-relay",
+            vec!["outbox-relay/src/settings.rs", "platform/src/http/admin.rs"],
+        ),
         ("read-api", vec!["read-api/src/settings.rs", auth]),
     ] {
         let out = run_for_output(package, &["--help"], &no_settings());
