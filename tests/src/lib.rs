@@ -7,6 +7,7 @@ pub mod browser;
 pub mod metrics_text;
 pub mod pipeline;
 pub mod process;
+pub mod prometheus;
 pub mod read_app;
 pub mod relay;
 pub mod test_db;
