@@ -8,6 +8,7 @@ pub mod metrics_text;
 pub mod otlp;
 pub mod pipeline;
 pub mod process;
+pub mod prometheus;
 pub mod read_app;
 pub mod relay;
 pub mod test_db;
