@@ -154,6 +154,14 @@ pub enum Disposition {
     Discard,
 }
 
+/// What a passive declare says of a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages ready (not counting those delivered and not yet acknowledged).
+    pub messages: u32,
+    pub consumers: u32,
+}
+
 /// The dead-letter queue of one projector queue, on a connection of its own.
 pub struct DeadLetterQueue {
     conn: Connection,
@@ -183,18 +191,18 @@ impl DeadLetterQueue {
         &self.queue
     }
 
-    /// Takes at most `limit` of the messages the queue holds now, oldest first, and does with
-    /// each what `decide` says; returns what it took, with what was done.
-    pub async fn sweep(
-        &self,
-        limit: usize,
-        mut decide: impl FnMut(&DeadLetter) -> Disposition,
-    ) -> Result<Vec<(DeadLetter, Disposition)>, DeadLetterError> {
-        // A passive declare on a channel of its own: a missing queue closes the channel.
+    /// The projector's queue.
+    pub fn projector_queue(&self) -> &str {
+        &self.projector_queue
+    }
+
+    /// How many messages `queue` holds ready and how many consumers it has, by a passive
+    /// declare on a channel of its own (a missing queue closes the channel it is asked on).
+    pub async fn depth(&self, queue: &str) -> Result<QueueDepth, DeadLetterError> {
         let probe = self.conn.create_channel().await?;
-        let held = probe
+        let declared = probe
             .queue_declare(
-                self.queue.as_str().into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -202,9 +210,45 @@ impl DeadLetterQueue {
                 FieldTable::default(),
             )
             .await
-            .map_err(|_| DeadLetterError::NoQueue(self.queue.clone()))?
-            .message_count();
+            .map_err(|_| DeadLetterError::NoQueue(queue.to_owned()))?;
         let _ = probe.close(200, "bye".into()).await;
+        Ok(QueueDepth {
+            messages: declared.message_count(),
+            consumers: declared.consumer_count(),
+        })
+    }
+
+    /// Replays (to the projector's queue) or discards every dead letter with `id` (every one
+    /// with `None`, for a replay), keeping the others; returns how many. `Unknown` if none has
+    /// that id.
+    pub async fn resolve(&self, id: Option<&str>, what: Disposition) -> Result<usize, DeadLetterError> {
+        let taken = self
+            .sweep(usize::MAX, |d| {
+                if id.is_none_or(|id| d.id == id) {
+                    what
+                } else {
+                    Disposition::Keep
+                }
+            })
+            .await?;
+        let n = taken.iter().filter(|(_, done)| *done == what).count();
+        match id {
+            Some(id) if n == 0 => Err(DeadLetterError::Unknown {
+                id: id.to_owned(),
+                queue: self.queue.clone(),
+            }),
+            _ => Ok(n),
+        }
+    }
+
+    /// Takes at most `limit` of the messages the queue holds now, oldest first, and does with
+    /// each what `decide` says; returns what it took, with what was done.
+    pub async fn sweep(
+        &self,
+        limit: usize,
+        mut decide: impl FnMut(&DeadLetter) -> Disposition,
+    ) -> Result<Vec<(DeadLetter, Disposition)>, DeadLetterError> {
+        let held = self.depth(&self.queue).await?.messages;
         let mut taken = Vec::new();
         for _ in 0..(held as usize).min(limit) {
             let Some(got) = self

@@ -43,10 +43,14 @@
 //! - **Rebuild** ([`rebuild`]) replays the stream into fresh tables with the projector's own
 //!   code and swaps them in within one transaction.
 //!
+//! With `JWT_SECRET` set, `/admin` is a page for a person: the projector's queue, parked events
+//! and gaps, the dead letters with Replay and Discard, the cache's hit ratio ([`admin`]).
+//!
 //! Catalog lists are read from PostgreSQL on every request (with an ETag): any product change
 //! can change any page, and a transactional catalog-wide revision would serialize the
 //! projector. Single products, orders, and each customer's lists and summary are cached.
 
+pub mod admin;
 pub mod announcement;
 pub mod app;
 pub mod cache;

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use ordering_platform::cli::{self, AMQP_SETTINGS, AUTH_SETTINGS, COMMON_SETTINGS};
 use ordering_platform::settings::SettingError;
 use ordering_platform::{http, shutdown, telemetry};
-use read_api::dead_letters::{self, DeadLetter, DeadLetterError, DeadLetterQueue, Disposition};
+use read_api::dead_letters::{self, DeadLetterError, DeadLetterQueue, Disposition};
 use read_api::settings::HELP;
 use read_api::{Service, Settings, rebuild};
 
@@ -201,36 +201,11 @@ async fn run_dlq(queue: &DeadLetterQueue, command: Dlq) -> anyhow::Result<()> {
             }
         }
         Dlq::Replay { id, .. } => {
-            let chosen = |d: &DeadLetter| id.as_deref().is_none_or(|id| d.id == id);
-            let taken = queue
-                .sweep(usize::MAX, |d| {
-                    if chosen(d) {
-                        Disposition::Replay
-                    } else {
-                        Disposition::Keep
-                    }
-                })
-                .await?;
-            let n = taken.iter().filter(|(_, what)| *what == Disposition::Replay).count();
-            if let (Some(id), 0) = (id, n) {
-                return Err(unknown(id, queue).into());
-            }
+            let n = queue.resolve(id.as_deref(), Disposition::Replay).await?;
             writeln!(out, "replayed {n}")?;
         }
         Dlq::Discard { id } => {
-            let taken = queue
-                .sweep(usize::MAX, |d| {
-                    if d.id == id {
-                        Disposition::Discard
-                    } else {
-                        Disposition::Keep
-                    }
-                })
-                .await?;
-            let n = taken.iter().filter(|(_, what)| *what == Disposition::Discard).count();
-            if n == 0 {
-                return Err(unknown(id, queue).into());
-            }
+            let n = queue.resolve(Some(&id), Disposition::Discard).await?;
             writeln!(out, "discarded {n}")?;
         }
     }

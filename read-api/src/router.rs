@@ -61,15 +61,17 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
     );
 }
 
-/// The whole HTTP application: queries, `/openapi.json`, `/docs`, ops endpoints, middleware.
-pub fn router(state: AppState, limits: HttpLimits) -> Router {
+/// The whole HTTP application: queries, `/openapi.json`, `/docs`, ops endpoints, the admin
+/// page (off with `None`), middleware.
+pub fn router(state: AppState, limits: HttpLimits, admin: Option<crate::admin::AdminState>) -> Router {
     let (queries, mut doc) = api().split_for_parts();
     document_problems(&mut doc);
     let readiness = readiness(&state);
     let app = queries
         .merge(openapi::routes(&doc))
         .with_state(state)
-        .merge(ops::router(readiness));
+        .merge(ops::router(readiness))
+        .merge(crate::admin::router(admin));
     layers::wrap(app, limits)
 }
 

@@ -111,7 +111,16 @@ impl Service {
 
     /// The HTTP application.
     pub fn router(&self, settings: &Settings) -> Router {
-        crate::router::router(self.state.clone(), settings.limits)
+        let admin = settings.admin.clone().map(|gate| crate::admin::AdminState {
+            gate,
+            app: self.state.clone(),
+            amqp_url: settings.amqp_url.clone(),
+            queue: settings.queue.clone(),
+            projector: settings.projector,
+            gap_timeout: settings.gap_timeout,
+            queue_turn: std::sync::Arc::default(),
+        });
+        crate::router::router(self.state.clone(), settings.limits, admin)
     }
 
     /// Stops consuming, lets in-flight events finish (bounded), and stops the background tasks.

@@ -73,6 +73,9 @@ pub struct Settings {
     pub projector: bool,
     /// Request timeout and concurrency limit.
     pub limits: HttpLimits,
+    /// `JWT_SECRET` (with `JWT_AUDIENCE`, `JWT_ISSUER`): signs in to the admin page `/admin`;
+    /// `None` (no secret) turns the page off.
+    pub admin: Option<ordering_platform::http::admin::AdminGate>,
 }
 
 impl Settings {
@@ -157,6 +160,7 @@ impl Settings {
             gap_timeout: settings::duration("GAP_TIMEOUT", DEFAULT_GAP_TIMEOUT)?,
             projector,
             limits,
+            admin: ordering_platform::http::admin::AdminGate::from_env()?,
         })
     }
 }

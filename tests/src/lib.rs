@@ -2,6 +2,7 @@
 //! test (a database cloned from a migrated template, unique exchange/queue names, a Redis key
 //! prefix), and helpers to run the services in-process or as child processes.
 
+pub mod admin_page;
 pub mod api_docs;
 pub mod browser;
 pub mod metrics_text;

@@ -12,7 +12,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use ordering_platform::auth::Authenticator;
+use ordering_platform::auth::{Authenticator, ExpectedClaims};
+use ordering_platform::http::admin::AdminGate;
 use ordering_platform::http::layers::HttpLimits;
 use ordering_schema::events::{CloudEvent, EventKind, OrderData, OrderLineData, OrderStatus, ProductData};
 use read_api::{Service, Settings};
@@ -38,6 +39,8 @@ pub struct ReadOptions {
     pub workers: usize,
     /// `GAP_TIMEOUT`.
     pub gap_timeout: Duration,
+    /// `JWT_SECRET` set for the admin page (the tests' secret); `false` turns the page off.
+    pub admin: bool,
 }
 
 impl Default for ReadOptions {
@@ -49,6 +52,7 @@ impl Default for ReadOptions {
             stream: false,
             workers: 4,
             gap_timeout: read_api::settings::DEFAULT_GAP_TIMEOUT,
+            admin: true,
         }
     }
 }
@@ -98,6 +102,9 @@ impl ReadApp {
             gap_timeout: opts.gap_timeout,
             projector: true,
             limits: HttpLimits::default(),
+            admin: opts
+                .admin
+                .then(|| AdminGate::new(SECRET.as_bytes(), &ExpectedClaims::default())),
         };
         let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
             .await

@@ -20,11 +20,11 @@ impl Cache {
         let key = self.customer_key(customer);
         match self.inner.redis.hash_get(&key, field).await {
             Some((Some(rev), Some(body))) => {
-                self.inner.hits_redis.increment(1);
+                self.inner.hits_redis.increment();
                 Some((rev, Bytes::from(body)))
             }
             _ => {
-                self.inner.misses.increment(1);
+                self.inner.misses.increment();
                 None
             }
         }

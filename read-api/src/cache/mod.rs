@@ -29,10 +29,12 @@ mod redis_tier;
 mod views;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::HeaderValue;
+use ordering_platform::breaker::BreakerState;
 use ordering_schema::events::AggregateType;
 use uuid::Uuid;
 
@@ -86,9 +88,53 @@ struct Inner {
     local: LocalTier,
     flights: Mutex<HashMap<String, Flight>>,
     pending: PendingWrites,
-    hits_local: metrics::Counter,
-    hits_redis: metrics::Counter,
-    misses: metrics::Counter,
+    hits_local: Tally,
+    hits_redis: Tally,
+    misses: Tally,
+}
+
+/// A counter exported as a metric and also kept here, for the admin page's hit ratio (the
+/// `metrics` facade cannot be read back).
+struct Tally {
+    metric: metrics::Counter,
+    count: AtomicU64,
+}
+
+impl Tally {
+    fn new(metric: metrics::Counter) -> Self {
+        Self {
+            metric,
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn increment(&self) {
+        self.metric.increment(1);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// What this instance's cache did since it started (the admin page).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CacheStats {
+    pub local_hits: u64,
+    pub redis_hits: u64,
+    pub misses: u64,
+    /// Whether Redis is used now, probed, or paused after a failure.
+    pub redis: BreakerState,
+}
+
+impl CacheStats {
+    /// Hits over all lookups, `None` before the first.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let hits = self.local_hits + self.redis_hits;
+        let all = hits + self.misses;
+        (all > 0).then(|| hits as f64 / all as f64)
+    }
 }
 
 /// The two-tier cache. Cheap to clone.
@@ -121,9 +167,9 @@ impl Cache {
             local: LocalTier::new(local_ttl),
             flights: Mutex::new(HashMap::new()),
             pending: PendingWrites::default(),
-            hits_local: metrics::counter!("read_cache_hits_total", "tier" => "local"),
-            hits_redis: metrics::counter!("read_cache_hits_total", "tier" => "redis"),
-            misses: metrics::counter!("read_cache_misses_total"),
+            hits_local: Tally::new(metrics::counter!("read_cache_hits_total", "tier" => "local")),
+            hits_redis: Tally::new(metrics::counter!("read_cache_hits_total", "tier" => "redis")),
+            misses: Tally::new(metrics::counter!("read_cache_misses_total")),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -141,6 +187,16 @@ impl Cache {
     /// Pings Redis (for readiness): `Err` names the problem.
     pub async fn ping(&self) -> Result<(), String> {
         self.inner.redis.ping().await
+    }
+
+    /// Hits, misses and Redis's state since this cache was made.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            local_hits: self.inner.hits_local.get(),
+            redis_hits: self.inner.hits_redis.get(),
+            misses: self.inner.misses.get(),
+            redis: self.inner.redis.breaker_state(),
+        }
     }
 
     /// Forgets the whole in-process tier (after a rebuild, or when notifications may have

@@ -11,7 +11,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-use ordering_platform::breaker::Breaker;
+use ordering_platform::breaker::{Breaker, BreakerState};
 
 use crate::error::ErrorChain;
 
@@ -183,6 +183,11 @@ impl RedisTier {
             hash_fill: redis::Script::new(HASH_FILL),
             hash_bump: redis::Script::new(HASH_BUMP),
         })
+    }
+
+    /// Whether Redis is used, probed or paused now.
+    pub(super) fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
     }
 
     /// Runs `f` against Redis, bounded by the timeout; `None` if Redis is paused, failed or

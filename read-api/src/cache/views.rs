@@ -35,7 +35,7 @@ impl Cache {
         if let Some(e) = local
             && e.version >= min_version
         {
-            self.inner.hits_local.increment(1);
+            self.inner.hits_local.increment();
             return Ok((Some(e), Source::Hit));
         }
         // Boxed: the hot path above keeps the caller's future small.
@@ -107,11 +107,11 @@ impl Cache {
             && let Some(e) = Entry::decode(&raw)
             && e.version >= need
         {
-            self.inner.hits_redis.increment(1);
+            self.inner.hits_redis.increment();
             self.inner.local.put(aggregate, id, &e, since);
             return Ok((Some(e), Source::Hit));
         }
-        self.inner.misses.increment(1);
+        self.inner.misses.increment();
         let Some(view) = load().await? else {
             return Ok((None, Source::Miss));
         };

@@ -233,3 +233,37 @@ pub async fn count(conn: &mut AsyncPgConnection) -> diesel::QueryResult<(i64, i6
         .await?;
     Ok((c.n, c.gaps))
 }
+
+/// One aggregate's parked events, as the admin page shows them.
+#[derive(Clone, Debug, QueryableByName)]
+pub struct Gap {
+    #[diesel(sql_type = Text)]
+    pub aggregate: String,
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    /// The version its view has (0 for none): the missing event is `have + 1`.
+    #[diesel(sql_type = BigInt)]
+    pub have: i64,
+    #[diesel(sql_type = BigInt)]
+    pub first: i64,
+    #[diesel(sql_type = BigInt)]
+    pub last: i64,
+    #[diesel(sql_type = BigInt)]
+    pub events: i64,
+    /// When its oldest parked event was parked: the gap times out `GAP_TIMEOUT` after.
+    #[diesel(sql_type = Timestamptz)]
+    pub since: DateTime<Utc>,
+}
+
+/// The `limit` oldest gaps (aggregates with parked events), oldest first.
+pub async fn gaps(conn: &mut AsyncPgConnection, limit: i64) -> diesel::QueryResult<Vec<Gap>> {
+    let version = view_version();
+    diesel::sql_query(format!(
+        "SELECT p.aggregate, p.id, {version} AS have, min(p.sequence) AS first, max(p.sequence) AS last,
+                count(*) AS events, min(p.parked_at) AS since
+           FROM rv_parked p GROUP BY p.aggregate, p.id ORDER BY since, p.aggregate, p.id LIMIT $1"
+    ))
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await
+}

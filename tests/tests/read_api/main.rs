@@ -4,6 +4,7 @@
 //! One test binary per area, not one per file: each binary links the whole dependency set, so
 //! fewer binaries build faster and take a fraction of the disk.
 
+mod admin;
 mod bad_input;
 mod cache;
 mod cluster;

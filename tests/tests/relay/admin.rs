@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use ordering_tests::relay::admin::{PoisonedRelay, client, csrf_of, login, session_cookie};
+use ordering_tests::admin_page::{client, csrf_of, login, session_cookie};
+use ordering_tests::relay::admin::PoisonedRelay;
 use ordering_tests::relay::broker::TestExchange;
 use ordering_tests::relay::outbox::unsent;
 use ordering_tests::relay::process::{RelayEnv, spawn_relay};
@@ -44,19 +45,19 @@ async fn only_a_signed_in_admin_sees_the_page() {
     );
     let expired = token_with(&uuid::Uuid::now_v7().to_string(), "admin", -600, SECRET);
     for bad in ["garbage", "a\"b", "", &foreign, &expired] {
-        let res = login(&p.relay, bad).await;
+        let res = login(&p.relay.url(""), bad).await;
         assert_eq!(res.status(), 401, "{bad}");
         assert!(res.headers().get("set-cookie").is_none());
     }
     // A customer's token is valid but not enough: 403, at login and as a cookie.
     let customer = customer_token(uuid::Uuid::now_v7());
-    assert_eq!(login(&p.relay, &customer).await.status(), 403);
+    assert_eq!(login(&p.relay.url(""), &customer).await.status(), 403);
     let (status, body) = get_admin(&page, Some(&format!("ordering_admin={customer}"))).await;
     assert_eq!(status, 403);
     assert!(!body.contains("poison-"), "{body}");
 
     // An admin's token: a cookie the page's scripts cannot read and other sites cannot send.
-    let res = login(&p.relay, &admin_token()).await;
+    let res = login(&p.relay.url(""), &admin_token()).await;
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/admin");
     let set = res.headers()["set-cookie"].to_str().unwrap().to_owned();
@@ -111,14 +112,14 @@ async fn only_a_signed_in_admin_sees_the_page() {
 async fn replay_and_discard_need_the_sessions_csrf_token_and_do_what_the_cli_does() {
     let mut p = PoisonedRelay::start(2).await;
     let (replayed, discarded) = (p.letters[0].clone(), p.letters[1].clone());
-    let cookie = session_cookie(&login(&p.relay, &admin_token()).await);
+    let cookie = session_cookie(&login(&p.relay.url(""), &admin_token()).await);
     let (status, body) = get_admin(&p.relay.url("/admin"), Some(&cookie)).await;
     assert_eq!(status, 200);
     let csrf = csrf_of(&body);
     // Another session's token (another login) is not this session's.
     let (_, other) = get_admin(
         &p.relay.url("/admin"),
-        Some(&session_cookie(&login(&p.relay, &admin_token()).await)),
+        Some(&session_cookie(&login(&p.relay.url(""), &admin_token()).await)),
     )
     .await;
     let other_csrf = csrf_of(&other);
