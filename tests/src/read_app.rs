@@ -255,6 +255,17 @@ impl ReadApp {
         q.message_count()
     }
 
+    /// Waits (up to 10 s) until the dead-letter queue holds at least `n` messages.
+    pub async fn wait_for_dead_letters(&self, n: u32) {
+        for _ in 0..200 {
+            if self.dead_letter_count().await >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} dead letters, want {n}", self.dead_letter_count().await);
+    }
+
     /// Publishes `body` straight into the dead-letter queue, as if the projector had given up on
     /// it (through the default exchange; no `x-death`).
     pub async fn publish_dead_letter(&self, body: &[u8]) {

@@ -12,16 +12,10 @@ use ordering_tests::relay::admin::PoisonedRelay;
 use ordering_tests::relay::wait_until;
 use ordering_tests::write_app::admin_token;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn relay_admin_page_in_the_browser_replays_a_dead_letter_once_its_cause_is_fixed() {
-    let mut p = PoisonedRelay::start(1).await;
-    let letter = p.letters[0].clone();
-    let dir = artifact_dir("admin-pages");
-    let browser = Browser::start(&dir).await;
-    let client = &browser.client;
-
-    // Not signed in: the login form. The token is pasted once; the cookie keeps the session.
-    client.goto(&p.relay.url("/admin")).await.expect("open /admin");
+/// Opens an admin page, which shows the login form, and signs in by pasting an admin token
+/// once (the cookie keeps the session).
+async fn sign_in(client: &fantoccini::Client, page: &str) {
+    client.goto(page).await.expect("open /admin");
     wait_for(client, "textarea[name=token]")
         .await
         .send_keys(&admin_token())
@@ -32,6 +26,17 @@ async fn relay_admin_page_in_the_browser_replays_a_dead_letter_once_its_cause_is
         .click()
         .await
         .expect("sign in");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_admin_page_in_the_browser_replays_a_dead_letter_once_its_cause_is_fixed() {
+    let mut p = PoisonedRelay::start(1).await;
+    let letter = p.letters[0].clone();
+    let dir = artifact_dir("admin-pages");
+    let browser = Browser::start(&dir).await;
+    let client = &browser.client;
+
+    sign_in(client, &p.relay.url("/admin")).await;
 
     // The dead letter is listed with why it died and its payload.
     let row = format!("#dead-letter-{}", letter.outbox_id);
@@ -79,17 +84,7 @@ async fn read_api_admin_page_in_the_browser_shows_a_parked_gap_and_discards_a_de
     let browser = Browser::start(&dir).await;
     let client = &browser.client;
 
-    client.goto(&app.url("/admin")).await.expect("open /admin");
-    wait_for(client, "textarea[name=token]")
-        .await
-        .send_keys(&admin_token())
-        .await
-        .expect("paste the token");
-    wait_for(client, "form[action='/admin/login'] button[type=submit]")
-        .await
-        .click()
-        .await
-        .expect("sign in");
+    sign_in(client, &app.url("/admin")).await;
 
     // The gap (version 2 parked, version 1 missing) and the dead letter with why it died.
     let gap = wait_for(client, &format!("#gap-{}", ahead.id))

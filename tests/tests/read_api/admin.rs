@@ -31,16 +31,6 @@ async fn page_when(app: &ReadApp, cookie: &str, what: &str, ready: impl Fn(&str)
     panic!("the admin page never showed {what}");
 }
 
-async fn wait_for_dead_letters(app: &ReadApp, n: u32) {
-    for _ in 0..200 {
-        if app.dead_letter_count().await >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} dead letters, want {n}", app.dead_letter_count().await);
-}
-
 /// The ids of the dead letters listed on `html`, each with its row's HTML.
 fn listed(html: &str) -> Vec<(String, String)> {
     html.split(r#"<tr id="dead-letter-"#)
@@ -67,7 +57,7 @@ async fn only_an_admin_sees_the_queue_the_parked_gap_the_dead_letters_and_the_hi
     app.publish(&product_event(&v3)).await;
     // Poison: not JSON, dead-lettered by the projector.
     app.publish_raw("product.created", b"not json <b>at all</b>").await;
-    wait_for_dead_letters(&app, 1).await;
+    app.wait_for_dead_letters(1).await;
 
     // Nobody signed in, a bad cookie, a customer: the page's content is never shown.
     for cookie in [None, Some("ordering_admin=garbage")] {
@@ -134,7 +124,7 @@ async fn only_an_admin_sees_the_queue_the_parked_gap_the_dead_letters_and_the_hi
 async fn replay_and_discard_from_the_page_need_the_sessions_csrf_token_and_do_what_the_cli_does() {
     let app = ReadApp::start().await;
     app.publish_raw("product.created", b"poison").await;
-    wait_for_dead_letters(&app, 1).await;
+    app.wait_for_dead_letters(1).await;
     // An event that never reached the views, in the dead letters as if its cause were fixed.
     let late = product("LATE-1", "Late", "d", 100, 3);
     app.publish_dead_letter(&serde_json::to_vec(&product_event(&late)).unwrap())

@@ -3,7 +3,6 @@
 //! `replay` sends one back to be applied, and an unknown id is one line and status 1.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use ordering_tests::process::{run_for_output, run_to_exit};
 use ordering_tests::read_app::{ReadApp, product, product_event};
@@ -28,16 +27,6 @@ fn dlq(app: &ReadApp, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-async fn wait_for_dead_letters(app: &ReadApp, n: u32) {
-    for _ in 0..200 {
-        if app.dead_letter_count().await >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} dead letters, want {n}", app.dead_letter_count().await);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dlq_lists_without_taking_shows_discards_and_replays() {
     let app = ReadApp::start().await;
@@ -51,7 +40,7 @@ async fn dlq_lists_without_taking_shows_discards_and_replays() {
     app.publish_raw("product.created", b"not json \x1b[31m").await;
     app.publish(&product_event(&product("NUL-1", "bad\u{0}name", "d", 100, 1)))
         .await;
-    wait_for_dead_letters(&app, 2).await;
+    app.wait_for_dead_letters(2).await;
     let good = product("LATE-1", "Late", "d", 100, 3);
     app.publish_dead_letter(&serde_json::to_vec(&product_event(&good)).unwrap())
         .await;
