@@ -4,8 +4,9 @@
 //! A quorum queue has no way to read a message without taking it, and a message taken and given
 //! back (a closed channel, a reject) counts as a delivery: RabbitMQ 4.0 to 4.2 drop a message
 //! after 20 of them. So every command takes the messages it looks at and, with publisher
-//! confirms, puts back a fresh copy of each one it keeps (at the back of the queue, its
-//! delivery count back at zero) before acknowledging the original. Nothing is lost: a crash
+//! confirms, puts back a fresh copy of each one it keeps (through the dead-letter exchange with
+//! the routing key it came with; at the back of the queue, its delivery count back at zero)
+//! before acknowledging the original. Nothing is lost: a crash
 //! between the copy's confirm and the original's ack leaves the message twice, which `replay`
 //! tolerates (the projector ignores an event it has already applied). Only the messages the
 //! queue held when the command started are taken, so copies are never read again.
@@ -27,7 +28,7 @@ use ordering_platform::terminal::{clip, printable};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::projector::REASON_HEADER;
+use crate::projector::{REASON_HEADER, dead_letter_exchange, dead_letter_queue};
 
 /// Why a `dlq` command failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +54,8 @@ pub struct DeadLetter {
     pub event_type: Option<String>,
     pub aggregate_id: Option<String>,
     pub sequence: Option<i64>,
-    /// Why it is here: the projector's reason header, or the broker's `x-death` reason.
+    /// Why it is here: the projector's reason header (the parse error, the database's
+    /// refusal, the gap that timed out), or the broker's `x-death` reason.
     pub reason: String,
     /// When it was dead-lettered (`x-death`'s time), when known.
     pub dead_at: Option<DateTime<Utc>>,
@@ -95,10 +97,13 @@ impl DeadLetter {
                 None => "published to the dead-letter queue directly".to_owned(),
             }
         });
-        let dead_at = death.as_ref().and_then(|x| match x.get("time") {
-            Some(AMQPValue::Timestamp(t)) => DateTime::from_timestamp(i64::try_from(*t).ok()?, 0),
-            _ => None,
-        });
+        let seconds = |t: u64| DateTime::from_timestamp(i64::try_from(t).ok()?, 0);
+        // The broker's `x-death` time, or the timestamp the projector gave it when it
+        // published it here itself.
+        let dead_at = match death.as_ref().and_then(|x| x.get("time")) {
+            Some(AMQPValue::Timestamp(t)) => seconds(*t),
+            _ => d.properties.timestamp().and_then(seconds),
+        };
         Self {
             id: id_of(&routing_key, &d.data),
             event_type: field("type").and_then(|v| v.as_str()).map(str::to_owned),
@@ -168,6 +173,7 @@ pub struct DeadLetterQueue {
     channel: Channel,
     projector_queue: String,
     queue: String,
+    exchange: String,
 }
 
 impl DeadLetterQueue {
@@ -177,12 +183,12 @@ impl DeadLetterQueue {
         let conn = Connection::connect(amqp_url, props).await?;
         let channel = conn.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        let queue = format!("{projector_queue}.dead");
         Ok(Self {
             conn,
             channel,
             projector_queue: projector_queue.to_owned(),
-            queue,
+            queue: dead_letter_queue(projector_queue),
+            exchange: dead_letter_exchange(projector_queue),
         })
     }
 
@@ -260,19 +266,21 @@ impl DeadLetterQueue {
             };
             let letter = DeadLetter::from_delivery(&got.delivery);
             let disposition = decide(&letter);
+            // A kept copy goes back through the dead-letter exchange with the routing key it
+            // came with, so its id (which hashes that key) never changes. A replay goes through
+            // the default exchange straight into one queue: it reaches only this projector,
+            // not every consumer of the events exchange.
             let target = match disposition {
-                Disposition::Keep => Some(&self.queue),
-                Disposition::Replay => Some(&self.projector_queue),
+                Disposition::Keep => Some((self.exchange.as_str(), letter.routing_key.as_str())),
+                Disposition::Replay => Some(("", self.projector_queue.as_str())),
                 Disposition::Discard => None,
             };
-            if let Some(queue) = target {
-                // Through the default exchange, straight into one queue: a replay reaches
-                // only this projector, not every consumer of the events exchange.
+            if let Some((exchange, routing_key)) = target {
                 let confirm = self
                     .channel
                     .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
+                        exchange.into(),
+                        routing_key.into(),
                         BasicPublishOptions::default(),
                         &letter.raw,
                         letter.properties.clone(),

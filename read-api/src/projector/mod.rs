@@ -28,8 +28,9 @@
 //!   dead-letter queue, and the warning and readiness say to run `read-api rebuild` (which
 //!   replays the stream into fresh tables; the dead letters can then be discarded).
 //! - **Poison** (a body that is not a well-formed event of a known type, or whose data holds
-//!   a NUL, which PostgreSQL can not store) is rejected without requeue, so the broker
-//!   dead-letters it to `<queue>.dead`; the queue never blocks. Events of an unknown `type`
+//!   a NUL, which PostgreSQL can not store) goes to `<queue>.dead` with a header saying why
+//!   ([`dead_letter`]; rejected without requeue should that publish fail); the queue never
+//!   blocks. Events of an unknown `type`
 //!   or `aggregatetype` are acknowledged and counted.
 //! - **Failures** ([`failure`]) are classified: the database refusing an event (data errors,
 //!   constraint violations, undefined objects) dead-letters that event alone at once (a
@@ -46,6 +47,7 @@
 //!   transaction serves several traces. Parked events applied later get no span of their own.
 
 mod apply;
+mod dead_letter;
 mod event;
 pub mod failure;
 pub mod parking;
@@ -61,9 +63,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::Acker;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use ordering_platform::db::PgPool;
@@ -74,11 +74,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use apply::{apply, apply_all};
+pub use dead_letter::REASON_HEADER;
 pub use event::{Event, Parsed, Poison, parse};
-pub use sweep::{GAP_REPORT_FOR, GapReport, REASON_HEADER};
-pub use topology::{Topology, declare};
+pub use sweep::{GAP_REPORT_FOR, GapReport};
+pub use topology::{Topology, dead_letter_exchange, dead_letter_queue, declare};
 
 use crate::cache::Cache;
+use dead_letter::DeadLetters;
 
 /// The running projector's shared state.
 #[derive(Clone)]
@@ -224,8 +226,14 @@ impl Projector {
         let ch = conn.create_channel().await?;
         declare(&ch, &self.topology).await?;
         ch.basic_qos(self.topology.prefetch, BasicQosOptions::default()).await?;
-        let dead_letters = conn.create_channel().await?;
-        dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
+        let dead_letters = DeadLetters {
+            channel: conn.create_channel().await?,
+            exchange: self.topology.dead_letter_exchange(),
+        };
+        dead_letters
+            .channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         // A channel of its own for counting the dead letters: a failed passive declare closes
         // its channel, which must not be the one dead letters are published on.
         let counting = conn.create_channel().await?;
@@ -247,7 +255,11 @@ impl Projector {
         for _ in 0..n {
             let (tx, rx) = mpsc::channel::<Work>(usize::from(self.topology.prefetch).max(1));
             senders.push(tx);
-            workers.push(tokio::spawn(self.clone().worker(rx, stop.clone())));
+            workers.push(tokio::spawn(self.clone().worker(
+                rx,
+                dead_letters.clone(),
+                stop.clone(),
+            )));
         }
         let sweep_stop = stop.child_token();
         let sweeper = tokio::spawn(
@@ -291,12 +303,13 @@ impl Projector {
                 Err(poison) => {
                     tracing::warn!(error = %poison, routing_key = %delivery.routing_key, "dead-lettering");
                     self.metrics.poison.increment(1);
-                    let _ = delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: false,
-                            multiple: false,
-                        })
+                    dead_letters
+                        .give_up(
+                            &delivery.acker,
+                            delivery.routing_key.as_str(),
+                            &delivery.data,
+                            &poison.to_string(),
+                        )
                         .await;
                 }
             }
@@ -311,7 +324,7 @@ impl Projector {
         }
         sweep_stop.cancel();
         let _ = sweeper.await;
-        let _ = dead_letters.close(200, "bye".into()).await;
+        let _ = dead_letters.channel.close(200, "bye".into()).await;
         let _ = counting.close(200, "bye".into()).await;
         self.connected.store(false, Ordering::Relaxed);
         let _ = ch.close(200, "bye".into()).await;

@@ -9,11 +9,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncConnection;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
+use super::dead_letter::DeadLetters;
 use super::parking::{self, Parked};
 use super::worker::Changes;
 use super::{Key, Projector};
@@ -23,9 +24,6 @@ const SWEEP_KEYS: i64 = 512;
 
 /// How long readiness names a gap that timed out.
 pub const GAP_REPORT_FOR: Duration = Duration::from_secs(15 * 60);
-
-/// The header a timed-out parked event carries in the dead-letter queue.
-pub const REASON_HEADER: &str = "x-read-api-dead-letter-reason";
 
 /// Gaps that timed out lately, for readiness and the metrics.
 #[derive(Default)]
@@ -86,16 +84,13 @@ enum SweepError {
     Commit(#[from] super::failure::CommitError),
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
-    #[error("publishing to the dead-letter queue: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("the broker refused a dead letter")]
-    Nacked,
+    #[error(transparent)]
+    DeadLetter(#[from] super::dead_letter::DeadLetterError),
 }
 
 impl Projector {
-    /// Sweeps until `stop`, publishing timed-out parked events on `dead_letters` (a channel
-    /// in confirm mode) and counting the dead-letter queue's messages on `counting`.
-    pub(super) async fn sweeper(self, dead_letters: Channel, counting: Channel, stop: CancellationToken) {
+    /// Sweeps until `stop`, publishing timed-out parked events to `dead_letters` and counting the dead-letter queue's messages on `counting`.
+    pub(super) async fn sweeper(self, dead_letters: DeadLetters, counting: Channel, stop: CancellationToken) {
         let every = (self.gap_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         let mut tick = tokio::time::interval(every);
         loop {
@@ -165,20 +160,24 @@ impl Projector {
     }
 
     /// Moves the parked events of gaps older than `GAP_TIMEOUT` to the dead-letter queue.
-    async fn expire(&self, dead_letters: &Channel) -> Result<(), SweepError> {
+    async fn expire(&self, dead_letters: &DeadLetters) -> Result<(), SweepError> {
         let timeout = self.gap_timeout.as_secs_f64();
         let mut conn = self.pool.get().await.map_err(super::failure::CommitError::from)?;
         let keys = parking::expired_keys(&mut conn, timeout, SWEEP_KEYS).await?;
         if keys.is_empty() {
             return Ok(());
         }
-        let exchange = self.topology.dead_letter_exchange();
         let moved = conn
             .transaction::<_, SweepError, _>(async |conn| {
                 parking::lock(conn, &keys).await?;
                 let rows = parking::of_expired(conn, &keys, timeout).await?;
-                let confirms =
-                    futures::future::join_all(rows.iter().map(|r| publish(dead_letters, &exchange, r))).await;
+                let reasons: Vec<String> = rows.iter().map(gap_reason).collect();
+                let confirms = futures::future::join_all(
+                    rows.iter()
+                        .zip(&reasons)
+                        .map(|(r, why)| dead_letters.publish(&r.routing_key, &r.body, why)),
+                )
+                .await;
                 for c in confirms {
                     c?;
                 }
@@ -213,42 +212,16 @@ impl Projector {
     }
 }
 
-/// Publishes a parked event to the dead-letter exchange as it was delivered, with a header
-/// saying why, and waits for the confirm.
-async fn publish(ch: &Channel, exchange: &str, r: &Parked) -> Result<(), SweepError> {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        REASON_HEADER.into(),
-        AMQPValue::LongString(
-            format!(
-                "gap timeout: {} {} stayed at version {} while this event (version {}) was parked since {}",
-                r.aggregate,
-                r.id,
-                r.have,
-                r.sequence,
-                r.parked_at.to_rfc3339()
-            )
-            .into(),
-        ),
-    );
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type(ordering_schema::events::MESSAGE_CONTENT_TYPE.into())
-        .with_headers(headers);
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            r.routing_key.as_str().into(),
-            BasicPublishOptions::default(),
-            &r.body,
-            props,
-        )
-        .await?
-        .await?;
-    if confirm.is_nack() {
-        return Err(SweepError::Nacked);
-    }
-    Ok(())
+/// Why a parked event went to the dead-letter queue.
+fn gap_reason(r: &Parked) -> String {
+    format!(
+        "gap timeout: {} {} stayed at version {} while this event (version {}) was parked since {}",
+        r.aggregate,
+        r.id,
+        r.have,
+        r.sequence,
+        r.parked_at.to_rfc3339()
+    )
 }
 
 #[cfg(test)]

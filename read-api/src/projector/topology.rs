@@ -18,12 +18,23 @@ pub struct Topology {
 impl Topology {
     /// The dead-letter queue of poison messages.
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dead", self.queue)
+        dead_letter_queue(&self.queue)
     }
 
     pub(super) fn dead_letter_exchange(&self) -> String {
-        format!("{}.dlx", self.queue)
+        dead_letter_exchange(&self.queue)
     }
+}
+
+/// The dead-letter queue of projector queue `queue`: `<queue>.dead`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// The dead-letter exchange of projector queue `queue`: `<queue>.dlx`, a fanout into
+/// [`dead_letter_queue`]. Publishing through it keeps a message's routing key.
+pub fn dead_letter_exchange(queue: &str) -> String {
+    format!("{queue}.dlx")
 }
 
 /// Declares the exchange (as the relay does, so either may start first), the dead-letter

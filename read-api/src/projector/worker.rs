@@ -8,7 +8,7 @@ use backon::Retryable;
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use lapin::Acker;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use ordering_platform::{backoff, trace_context};
 use ordering_schema::events::AggregateType;
 use tokio::sync::mpsc;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::dead_letter::DeadLetters;
 use super::failure::{self, CommitError, Failure};
 use super::parking::{self, Parked, ToPark};
 use super::{Event, Key, Parsed, Projector, Work, apply_all, parse};
@@ -61,7 +62,7 @@ impl Projector {
     /// [`MAX_BATCH`]) goes into one transaction with one announcement, and is acknowledged
     /// after the commit and the cache updates. Gaps are parked in that transaction and
     /// acknowledged with the rest.
-    pub(super) async fn worker(self, mut rx: mpsc::Receiver<Work>, stop: CancellationToken) {
+    pub(super) async fn worker(self, mut rx: mpsc::Receiver<Work>, dead_letters: DeadLetters, stop: CancellationToken) {
         while let Some(first) = rx.recv().await {
             let mut fresh = vec![first];
             while fresh.len() < MAX_BATCH {
@@ -70,13 +71,13 @@ impl Projector {
                     Err(_) => break,
                 }
             }
-            self.batch(fresh, &stop).await;
+            self.batch(fresh, &dead_letters, &stop).await;
         }
     }
 
     /// Applies `fresh` deliveries in one transaction (or, if the database refuses it, one
     /// transaction per delivery), then updates the cache and settles them with the broker.
-    async fn batch(&self, fresh: Vec<Work>, stop: &CancellationToken) {
+    async fn batch(&self, fresh: Vec<Work>, dead_letters: &DeadLetters, stop: &CancellationToken) {
         // Per aggregate, its events in version order.
         let mut queues: HashMap<Key, BTreeMap<i64, Work>> = HashMap::new();
         let mut settle: Vec<Acker> = Vec::new();
@@ -102,7 +103,7 @@ impl Projector {
             return;
         };
         let mut changes = Changes::default();
-        let mut refused: Vec<Acker> = Vec::new();
+        let mut refused: Vec<(Work, String)> = Vec::new();
         for (w, settled) in works.into_iter().zip(settled) {
             match settled {
                 Settled::Done(Outcome::Gap { have }) => {
@@ -122,7 +123,8 @@ impl Projector {
                     trace_context::fail(&w.span, e.to_string());
                     tracing::warn!(error = %e, sequence = w.event.sequence(), key = ?w.event.key(), "dead-lettering an event the database refuses");
                     self.metrics.refused.increment(1);
-                    refused.push(w.acker);
+                    let reason = format!("refused by the database: {}", ErrorChain(&e));
+                    refused.push((w, reason));
                 }
             }
         }
@@ -135,7 +137,12 @@ impl Projector {
             .instrument(batch_span("cache update", &applies))
             .await;
         ack_all(settle).await;
-        dead_letter_all(refused).await;
+        futures::future::join_all(
+            refused
+                .iter()
+                .map(|(w, why)| dead_letters.give_up(&w.acker, &w.routing_key, &w.body, why)),
+        )
+        .await;
     }
 
     /// Adds what applying `event` did to `changes` (and the metrics).
@@ -422,13 +429,4 @@ async fn drain_chain(
 /// Acknowledges `ackers`, all frames in flight at once.
 async fn ack_all(ackers: Vec<Acker>) {
     futures::future::join_all(ackers.iter().map(|a| a.ack(BasicAckOptions::default()))).await;
-}
-
-/// Rejects `ackers` without requeueing: the broker moves them to the dead-letter queue.
-async fn dead_letter_all(ackers: Vec<Acker>) {
-    let reject = BasicNackOptions {
-        requeue: false,
-        multiple: false,
-    };
-    futures::future::join_all(ackers.iter().map(|a| a.nack(reject))).await;
 }

@@ -95,7 +95,7 @@ async fn only_an_admin_sees_the_queue_the_parked_gap_the_dead_letters_and_the_hi
         format!(r#"<tr id="gap-{}">"#, ahead.id),
         "versions 3 to 3".to_owned(),
         r#"<span id="dead-letters">1</span>"#.to_owned(),
-        "rejected by the projector".to_owned(),
+        "poison message: ".to_owned(),
         // The body is shown escaped.
         "not json &lt;b&gt;at all&lt;/b&gt;".to_owned(),
         ratio,

@@ -77,6 +77,22 @@ async fn a_message_postgres_refuses_is_dead_lettered_and_nothing_waits_for_it() 
         bodies.iter().any(|b| b.contains(&refused_order.id.to_string())),
         "{bodies:?}"
     );
+    // Each says why: the parse error, and the database's own words.
+    let why = |needle: &str| {
+        dead.iter()
+            .find(|(d, _)| String::from_utf8_lossy(d).contains(needle))
+            .and_then(|(_, reason)| reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        why("bad\\u0000name").starts_with("poison message: data holds a NUL"),
+        "{dead:?}"
+    );
+    let refused = why(&refused_order.id.to_string());
+    assert!(
+        refused.starts_with("refused by the database: ") && refused.contains("out of range"),
+        "{refused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
