@@ -113,27 +113,49 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
+/// The target of the spans of probes and scrapes (`/health/*`, `/metrics`): outside the
+/// crates whose spans are exported (`telemetry`), so a collector is not flooded with a
+/// span per probe, while their log lines still carry a request id.
+pub const PROBE_TARGET: &str = "probe";
+
+/// Whether `path` is a probe's or a scrape's.
+fn is_probe(path: &str) -> bool {
+    path.starts_with("/health/") || path == "/metrics"
+}
+
 /// The request's span: the server span of its trace, continuing the caller's `traceparent`
 /// and `tracestate` (or a new root). Its `trace_id` field, which every log line of the request
 /// carries, is the span's trace id when traced; untraced, the caller's, else a new random one.
+/// Probes get the same span under [`PROBE_TARGET`], which is never exported.
 fn make_span(req: &Request) -> tracing::Span {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| req.uri().path(), MatchedPath::as_str);
+    // One field list for both targets (a span's target must be a constant).
+    macro_rules! request_span {
+        ($($target:tt)*) => {
+            tracing::info_span!(
+                $($target)*
+                "request",
+                otel.name = format!("{} {route}", req.method()),
+                otel.kind = "server",
+                http.request.method = %req.method(),
+                http.route = route,
+                http.response.status_code = tracing::field::Empty,
+                method = %req.method(),
+                uri = %req.uri().path(),
+                request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
+                trace_id = tracing::field::Empty,
+            )
+        };
+    }
     // The field expressions are only evaluated when the span is enabled.
-    let span = tracing::info_span!(
-        "request",
-        otel.name = format!("{} {route}", req.method()),
-        otel.kind = "server",
-        http.request.method = %req.method(),
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        method = %req.method(),
-        uri = %req.uri().path(),
-        request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
-        trace_id = tracing::field::Empty,
-    );
+    let span = if is_probe(req.uri().path()) {
+        request_span!(target: PROBE_TARGET,)
+    } else {
+        request_span!()
+    };
     if span.is_disabled() {
         return span;
     }

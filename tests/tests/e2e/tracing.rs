@@ -234,4 +234,20 @@ async fn a_place_order_is_one_trace_across_the_three_services_and_a_refusal_ends
         STATUS_ERROR
     );
     assert!(refused.iter().all(|s| s.service == "write-api"), "{refused:#?}");
+
+    // Probes and scrapes are not traced: the readiness polls that started the pipeline, and
+    // these, left no span (while everything above was exported).
+    let read_api = p.read_api.as_ref().expect("a read-api");
+    for service in [&p.write_api, &p.relays[0], read_api] {
+        for path in ["/health/live", "/health/ready", "/metrics"] {
+            let res = p.client.get(service.url(path)).send().await.expect("probe");
+            assert!(res.status().is_success(), "{path}");
+        }
+    }
+    let probes: Vec<_> = otlp
+        .spans()
+        .into_iter()
+        .filter(|s| s.name.starts_with("GET /health/") || s.name == "GET /metrics")
+        .collect();
+    assert!(probes.is_empty(), "probes were traced: {probes:#?}");
 }
