@@ -30,6 +30,11 @@
 //!   Redis use briefly, so requests go to PostgreSQL without a 5xx; the connection manager
 //!   reconnects by itself and the cache is used again without a restart. Readiness stays 200
 //!   and names the degradation.
+//! - **The view database going away costs what the cache can not answer.** Views already cached
+//!   are still served, as is a consistency token naming only the view read when the cache holds
+//!   its version; everything else is 503 (bounded by the pool's timeouts). The projector retries
+//!   the lost connection for as long as it lasts, so the queue's backlog applies once the
+//!   database is back, without a restart. Readiness is 503 meanwhile.
 //! - **Read your writes** ([`consistency`]). Every endpoint honours `X-Consistency-Token`,
 //!   signed by the write-api: a forged or altered one is 400, and a caller waits only for the
 //!   marks it may read ([`http`]). The request registers for the announcements of the

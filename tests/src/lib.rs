@@ -7,6 +7,7 @@ pub mod api_docs;
 pub mod browser;
 pub mod metrics_text;
 pub mod otlp;
+pub mod pg_server;
 pub mod pipeline;
 pub mod process;
 pub mod prometheus;

@@ -229,6 +229,22 @@ impl Pipeline {
         self.read_api = Some(r);
     }
 
+    /// Another read-api on this pipeline's settings plus `extra` (e.g. `PROJECTOR=off` for a
+    /// query replica: same read database, Redis prefix and consistency secret), ready when
+    /// returned. The caller owns it (killed when dropped).
+    pub async fn spawn_read_api(&self, extra: &[(&str, &str)]) -> ServiceProcess {
+        let mut env = self.read_env.clone();
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let r = ServiceProcess::spawn("read-api", &[], "READ_API_ADDR", &env);
+        r.wait_ready_status(200, READY).await;
+        r
+    }
+
+    /// Runs `read-api <args>` (e.g. `rebuild`) to its end with the read-api's settings.
+    pub fn run_read_api(&self, args: &[&str]) -> std::process::Output {
+        crate::process::run_for_output("read-api", args, &self.read_env)
+    }
+
     /// `kill -9` of the read-api.
     pub fn kill_read_api(&mut self) {
         if let Some(mut r) = self.read_api.take() {

@@ -42,6 +42,24 @@ impl Cache {
         Box::pin(self.view_from_tiers(aggregate, id, min_version, floor, load)).await
     }
 
+    /// The view `aggregate`/`id` at `min_version` or later if either tier holds it, without
+    /// reading PostgreSQL (for when PostgreSQL can not answer).
+    pub async fn cached_view(&self, aggregate: AggregateType, id: Uuid, min_version: i64) -> Option<Entry> {
+        let (local, floor) = self.inner.local.get(aggregate, id);
+        if let Some(e) = local
+            && e.version >= min_version
+        {
+            self.inner.hits_local.increment(1);
+            return Some(e);
+        }
+        let since = Instant::now();
+        let raw = self.inner.redis.get(&self.view_key(aggregate, id)).await??;
+        let e = Entry::decode(&raw).filter(|e| e.version >= min_version.max(floor))?;
+        self.inner.hits_redis.increment(1);
+        self.inner.local.put(aggregate, id, &e, since);
+        Some(e)
+    }
+
     /// [`Self::view`] past the in-process tier: Redis, then PostgreSQL, single flight.
     async fn view_from_tiers<L, Fut>(
         &self,

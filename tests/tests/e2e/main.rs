@@ -13,5 +13,7 @@ mod browser;
 mod container;
 mod faults;
 mod quickstart;
+mod read_database;
+mod read_replicas;
 mod relay_kill;
 mod tracing;
