@@ -49,13 +49,13 @@ impl Cache {
         if let Some(e) = local
             && e.version >= min_version
         {
-            self.inner.hits_local.increment(1);
+            self.inner.hits_local.increment();
             return Some(e);
         }
         let since = Instant::now();
         let raw = self.inner.redis.get(&self.view_key(aggregate, id)).await??;
         let e = Entry::decode(&raw).filter(|e| e.version >= min_version.max(floor))?;
-        self.inner.hits_redis.increment(1);
+        self.inner.hits_redis.increment();
         self.inner.local.put(aggregate, id, &e, since);
         Some(e)
     }
