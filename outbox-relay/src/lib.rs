@@ -226,6 +226,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
             stream: s.stream(),
             max_bytes: s.event_log_max_bytes,
             max_age: s.event_log_max_age.clone(),
+            replication_factor: s.replication_factor,
         },
         amqp_url: s.amqp_url.clone(),
         window: s.window,

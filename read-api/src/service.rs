@@ -77,6 +77,7 @@ impl Service {
                 cache.clone(),
                 Topology {
                     amqp_url: settings.amqp_url.clone(),
+                    replication_factor: settings.replication_factor,
                     exchange: settings.exchange.clone(),
                     queue: settings.queue.clone(),
                     prefetch: settings.prefetch,

@@ -9,6 +9,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod process;
 pub mod prometheus;
+pub mod rabbit_cluster;
 pub mod read_app;
 pub mod relay;
 pub mod test_db;

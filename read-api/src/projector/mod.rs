@@ -65,7 +65,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties};
+use ordering_platform::amqp::ConnectError;
 use ordering_platform::db::PgPool;
 use ordering_platform::{backoff, trace_context};
 use ordering_schema::events::AggregateType;
@@ -129,6 +129,15 @@ pub(crate) struct Work {
 }
 
 pub(crate) type Key = (AggregateType, Uuid);
+
+/// Why a session with the broker ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+}
 
 /// The span of applying `delivery`: the child of the publish span named by its
 /// `traceparent`/`tracestate` headers (a root without them).
@@ -218,11 +227,12 @@ impl Projector {
         tracing::info!("projector stopped");
     }
 
-    async fn session(&self, stop: &CancellationToken) -> Result<(), lapin::Error> {
-        let props = ConnectionProperties::default().with_connection_name("read-api projector".into());
-        let conn = Connection::connect(&self.topology.amqp_url, props).await?;
+    /// One connection's life: connect to a node that answers (after a lost one, the next
+    /// node first), declare, consume until the connection fails or `stop`.
+    async fn session(&self, stop: &CancellationToken) -> Result<(), SessionError> {
+        let conn = self.topology.amqp_url.connect("read-api projector").await?.connection;
         let ch = conn.create_channel().await?;
-        declare(&ch, &self.topology).await?;
+        declare(&conn, &ch, &self.topology).await?;
         ch.basic_qos(self.topology.prefetch, BasicQosOptions::default()).await?;
         let dead_letters = conn.create_channel().await?;
         dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -261,7 +271,7 @@ impl Projector {
             };
             let delivery = match next {
                 Some(Ok(d)) => d,
-                Some(Err(e)) => break Err(e),
+                Some(Err(e)) => break Err(e.into()),
                 None => break Ok(()),
             };
             match parse(&delivery.data) {

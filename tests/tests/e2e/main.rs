@@ -13,5 +13,6 @@ mod browser;
 mod container;
 mod faults;
 mod quickstart;
+mod rabbit_cluster;
 mod relay_kill;
 mod tracing;
