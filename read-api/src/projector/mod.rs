@@ -207,7 +207,8 @@ impl Projector {
         self.gap_report.clone()
     }
 
-    /// Consumes until `stop`, reconnecting with backoff when the broker goes away. On `stop`
+    /// Consumes until `stop`, reconnecting with backoff when the broker goes away (to the next
+    /// node of `AMQP_URL` that answers, when it lists a cluster's nodes). On `stop`
     /// it cancels the consumer, lets the workers finish what they were given, and closes.
     pub async fn run(self, stop: CancellationToken) {
         let backoff = || backoff::endless(Duration::from_millis(200), Duration::from_secs(10)).build();
