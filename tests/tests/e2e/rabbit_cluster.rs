@@ -62,9 +62,11 @@ async fn recovery_after(p: &Pipeline, driver: &Driver, killed: Instant) -> Recov
                 published = Some(killed.elapsed());
             }
         }
-        if published.is_some() && p.read_get(&format!("/v1/products/{id}")).await.0 == 200 {
+        if let Some(published) = published
+            && p.read_get(&format!("/v1/products/{id}")).await.0 == 200
+        {
             return Recovery {
-                published: published.expect("published"),
+                published,
                 readable: killed.elapsed(),
             };
         }
