@@ -8,7 +8,7 @@
 //! on port 5672 and name it `rabbit@localhost`. The CLI is run directly (not the `su rabbitmq`
 //! wrapper) with `HOME` at the cluster's cookie.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -156,36 +156,35 @@ impl RabbitCluster {
 
     /// The node (index) leading quorum queue (or stream) `queue`, asked of a running node.
     pub fn leader_of(&self, queue: &str) -> Option<usize> {
+        let leader = self.queue_info(queue, "leader")?;
+        self.nodes.iter().position(|n| Some(n.name.as_str()) == leader.as_str())
+    }
+
+    /// The members of quorum queue (or stream) `queue` (node names).
+    pub fn members_of(&self, queue: &str) -> Vec<String> {
+        names(self.queue_info(queue, "members"))
+    }
+
+    /// The members of quorum queue (or stream) `queue` that are running.
+    pub fn online_members_of(&self, queue: &str) -> Vec<String> {
+        names(self.queue_info(queue, "online"))
+    }
+
+    /// `rabbitmqctl list_queues name <column>` for `queue`, asked of a running node.
+    fn queue_info(&self, queue: &str, column: &str) -> Option<serde_json::Value> {
         let out = self.ctl(&[
             "-n",
             self.running_node()?,
             "list_queues",
             "name",
-            "leader",
+            column,
             "--formatter",
             "json",
         ]);
         let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
-        let leader = rows.iter().find(|r| r["name"].as_str() == Some(queue))?["leader"]
-            .as_str()?
-            .to_owned();
-        self.nodes.iter().position(|n| n.name == leader)
-    }
-
-    /// The members of quorum queue (or stream) `queue`.
-    pub fn members_of(&self, queue: &str) -> Vec<String> {
-        let Some(node) = self.running_node() else {
-            return Vec::new();
-        };
-        let out = self.ctl(&["-n", node, "list_queues", "name", "members", "--formatter", "json"]);
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
-        rows.iter()
+        rows.into_iter()
             .find(|r| r["name"].as_str() == Some(queue))
-            .and_then(|r| r["members"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|m| m.as_str().map(str::to_owned))
-            .collect()
+            .map(|r| r[column].clone())
     }
 
     fn running_node(&self) -> Option<&str> {
@@ -264,11 +263,15 @@ impl RabbitCluster {
             .env("RABBITMQ_CONF_ENV_FILE", self.base.join("rabbitmq-env.conf"))
             .env("ERL_EPMD_ADDRESS", "127.0.0.1");
     }
+}
 
-    /// Where the cluster keeps its files.
-    pub fn dir(&self) -> &Path {
-        &self.base
-    }
+/// The strings of a JSON array (none for anything else).
+fn names(v: Option<serde_json::Value>) -> Vec<String> {
+    v.and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.as_str().map(str::to_owned))
+        .collect()
 }
 
 fn kill_group(server: &Child) {

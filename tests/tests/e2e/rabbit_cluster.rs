@@ -109,7 +109,13 @@ async fn e2e_rabbitmq_cluster_loses_the_relays_node_and_the_queue_leader_without
     );
     // Back in the cluster, so that losing one more node still leaves a majority.
     cluster.restart(relay_node);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    for q in [&queue, &stream] {
+        eventually(Duration::from_secs(30), || {
+            (cluster.online_members_of(q).len() == 3).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{q}: every member online again: {:?}", cluster.online_members_of(q)));
+    }
 
     let leader = eventually(Duration::from_secs(20), || cluster.leader_of(&queue))
         .await
