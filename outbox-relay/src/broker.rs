@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 
+use ordering_platform::amqp::{self, AmqpNodes};
 use ordering_platform::trace_context;
 
 use crate::store::OutboxRow;
@@ -16,6 +17,8 @@ use crate::store::OutboxRow;
 pub enum BrokerError {
     #[error("broker error: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Connect(#[from] amqp::ConnectError),
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
 }
@@ -31,6 +34,8 @@ pub struct Topology {
     pub max_bytes: u64,
     /// `x-max-age` of the stream.
     pub max_age: String,
+    /// `x-initial-cluster-size` of the stream (`AMQP_REPLICATION_FACTOR`).
+    pub replication_factor: u32,
 }
 
 /// An open connection with a channel in confirm mode.
@@ -39,6 +44,8 @@ pub struct BrokerConn {
     pub connection: Connection,
     /// The publishing channel, publisher confirms on.
     pub channel: Channel,
+    /// The node it is connected to (`host:port`).
+    pub node: String,
 }
 
 impl BrokerConn {
@@ -48,25 +55,33 @@ impl BrokerConn {
     }
 }
 
-/// Connects, opens a confirm-mode channel and declares `topology` (idempotently).
-pub async fn connect(url: &str, topology: &Topology) -> Result<BrokerConn, BrokerError> {
+/// Connects to a node of `nodes` that answers, opens a confirm-mode channel and declares
+/// `topology` (idempotently).
+pub async fn connect(nodes: &AmqpNodes, topology: &Topology) -> Result<BrokerConn, BrokerError> {
+    // Each node gets its own connect timeout; this bounds the declarations after it.
     let limit = Duration::from_secs(10);
+    let amqp::Connected { connection, node } = nodes.connect("outbox-relay").await?;
     let fut = async {
-        let props = ConnectionProperties::default().with_connection_name("outbox-relay".into());
-        let connection = Connection::connect(url, props).await?;
         let channel = connection.create_channel().await?;
-        declare(&channel, topology).await?;
+        declare(&connection, &channel, topology).await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok::<_, BrokerError>(BrokerConn { connection, channel })
+        Ok::<_, BrokerError>(channel)
     };
-    tokio::time::timeout(limit, fut)
+    let channel = tokio::time::timeout(limit, fut)
         .await
-        .map_err(|_| BrokerError::Timeout(limit))?
+        .map_err(|_| BrokerError::Timeout(limit))??;
+    Ok(BrokerConn {
+        connection,
+        channel,
+        node,
+    })
 }
 
-/// Declares the exchange and its stream, bound with `#`. Declaring what exists with the same
-/// arguments is a no-op, so every instance does it at every (re)connect.
-pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error> {
+/// Declares the exchange and its stream (replicated over `replication_factor` nodes), bound
+/// with `#`. Declaring what exists with the same arguments is a no-op, so every instance does
+/// it at every (re)connect; a stream declared before the replication setting is kept as it is
+/// ([`amqp::declare_replicated`]).
+pub async fn declare(conn: &Connection, channel: &Channel, t: &Topology) -> Result<(), lapin::Error> {
     channel
         .exchange_declare(
             t.exchange.as_str().into(),
@@ -85,16 +100,7 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error
         AMQPValue::LongLongInt(t.max_bytes.min(i64::MAX as u64) as i64),
     );
     args.insert("x-max-age".into(), AMQPValue::LongString(t.max_age.as_str().into()));
-    channel
-        .queue_declare(
-            t.stream.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
+    amqp::declare_replicated(conn, &t.stream, &args, "x-initial-cluster-size", t.replication_factor).await?;
     channel
         .queue_bind(
             t.stream.as_str().into(),

@@ -41,8 +41,9 @@
 //!   of the dead instance expire after `RELAY_LEASE_TTL`.
 //! - **Broker down, connection cut, channel error, missing confirm**: the batch stops, rows
 //!   without a confirm stay unsent, the connection is rebuilt with exponential backoff and
-//!   jitter (backon) behind a circuit breaker, the topology is declared again, and the rows
-//!   are published again in order.
+//!   jitter (backon) behind a circuit breaker (to the next node of `AMQP_URL` that answers,
+//!   when it lists a cluster's nodes: `ordering_platform::amqp`), the topology is declared
+//!   again, and the rows are published again in order.
 //! - **Database down**: reads and marks fail and are retried with backoff behind the
 //!   database's breaker; rows confirmed meanwhile are kept in memory and marked first when
 //!   the database is back (if the relay dies before, they are sent again). The listener
@@ -226,6 +227,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
             stream: s.stream(),
             max_bytes: s.event_log_max_bytes,
             max_age: s.event_log_max_age.clone(),
+            replication_factor: s.replication_factor,
         },
         amqp_url: s.amqp_url.clone(),
         window: s.window,

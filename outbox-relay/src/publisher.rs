@@ -29,7 +29,7 @@ pub struct Publisher {
     pub store: Store,
     pub leases: Arc<Leases>,
     pub topology: Topology,
-    pub amqp_url: String,
+    pub amqp_url: ordering_platform::amqp::AmqpNodes,
     pub window: usize,
     pub batch: i64,
     pub poll_interval: Duration,
@@ -483,7 +483,7 @@ impl Run<'_> {
         }
         match broker::connect(&p.amqp_url, &p.topology).await {
             Ok(c) => {
-                tracing::info!(exchange = %p.topology.exchange, "connected to the broker");
+                tracing::info!(exchange = %p.topology.exchange, node = %c.node, "connected to the broker");
                 p.broker.success();
                 p.broker_up.store(true, Ordering::Relaxed);
                 self.broker_backoff = Box::new(backoff());

@@ -10,8 +10,10 @@ use ordering_platform::settings::{self, SettingError};
 pub struct Settings {
     /// `DATABASE_URL`: the database holding the outbox.
     pub database_url: String,
-    /// `AMQP_URL`: the broker.
-    pub amqp_url: String,
+    /// `AMQP_URL`: the broker's node, or a cluster's nodes separated by commas.
+    pub amqp_url: ordering_platform::amqp::AmqpNodes,
+    /// `AMQP_REPLICATION_FACTOR`: nodes holding the stream (its `x-initial-cluster-size`).
+    pub replication_factor: u32,
     /// `RELAY_ADDR`: where `/health/*`, `/metrics` and `/admin` are served.
     pub addr: std::net::SocketAddr,
     /// `OUTBOX_TABLE`: the outbox, plain (`outbox`) or schema-qualified (`billing.outbox`).
@@ -83,11 +85,8 @@ impl Settings {
                 "postgres://root@127.0.0.1:5432/ordering",
                 &["postgres://", "postgresql://"],
             )?,
-            amqp_url: settings::url(
-                "AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-                &["amqp://", "amqps://"],
-            )?,
+            amqp_url: ordering_platform::amqp::AmqpNodes::from_env()?,
+            replication_factor: ordering_platform::amqp::replication_factor()?,
             addr: settings::socket_addr("RELAY_ADDR", "127.0.0.1:8082")?,
             table,
             exchange,

@@ -79,11 +79,18 @@ pub const COMMON_SETTINGS: &[Setting] = &[
 ];
 
 /// The broker, for the binaries that use one.
-pub const AMQP_SETTINGS: &[Setting] = &[Setting {
-    name: "AMQP_URL",
-    default: "amqp://guest:guest@127.0.0.1:5672/%2f",
-    about: "RabbitMQ",
-}];
+pub const AMQP_SETTINGS: &[Setting] = &[
+    Setting {
+        name: "AMQP_URL",
+        default: "amqp://guest:guest@127.0.0.1:5672/%2f",
+        about: "RabbitMQ; a cluster's nodes separated by commas (amqp://h1:5672/%2f,amqp://h2:5672/%2f), tried in turn",
+    },
+    Setting {
+        name: "AMQP_REPLICATION_FACTOR",
+        default: "3",
+        about: "nodes holding each queue and stream the service declares (capped at the cluster's size)",
+    },
+];
 
 /// The bearer-token settings of both APIs (`auth::Authenticator::from_env`).
 pub const AUTH_SETTINGS: &[Setting] = &[

@@ -1,5 +1,6 @@
 //! Runtime plumbing shared by the ordering services, so each concept lives in one place:
 //!
+//! - [`amqp`]: the RabbitMQ nodes of `AMQP_URL`, connecting to one that answers, replicated queues;
 //! - [`cli`]: command-line parsing, `--help`'s settings listing and the exit codes;
 //! - [`settings`]: typed environment settings; a bad one stops the service with exit status 2
 //!   and one line naming it;
@@ -22,6 +23,7 @@
 //! - [`listen`]: the LISTEN loop woken by PostgreSQL notifications, reconnecting with backoff;
 //! - [`shutdown`]: the SIGTERM / Ctrl-C signal.
 
+pub mod amqp;
 pub mod auth;
 pub mod backoff;
 pub mod breaker;

@@ -38,7 +38,7 @@ const SHOWN: usize = 50;
 pub struct AdminState {
     pub gate: AdminGate,
     pub app: AppState,
-    pub amqp_url: String,
+    pub amqp: ordering_platform::amqp::AmqpNodes,
     /// `PROJECTOR_QUEUE` (its dead letters are in `<queue>.dead`).
     pub queue: String,
     /// Whether this instance runs the projector (`PROJECTOR`).
@@ -100,7 +100,7 @@ async fn dashboard(State(s): State<AdminState>, session: Session, Query(done): Q
 
 async fn read_broker(s: &AdminState) -> Result<Broker, DeadLetterError> {
     let _turn = s.queue_turn.lock().await;
-    let dlq = DeadLetterQueue::open(&s.amqp_url, &s.queue).await?;
+    let dlq = DeadLetterQueue::open(&s.amqp, &s.queue).await?;
     let read = async {
         let queue = dlq.depth(dlq.projector_queue()).await?;
         let dead = dlq.depth(dlq.name()).await?;
@@ -302,7 +302,7 @@ async fn resolve(s: &AdminState, id: &str, headers: &HeaderMap, form: &CsrfForm,
     };
     let done = async {
         let _turn = s.queue_turn.lock().await;
-        let dlq = DeadLetterQueue::open(&s.amqp_url, &s.queue).await?;
+        let dlq = DeadLetterQueue::open(&s.amqp, &s.queue).await?;
         let n = dlq.resolve(Some(id), what).await;
         dlq.close().await;
         n

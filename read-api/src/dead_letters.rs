@@ -23,7 +23,8 @@ use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
+use ordering_platform::amqp::AmqpNodes;
 use ordering_platform::terminal::{clip, printable};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -35,6 +36,8 @@ use crate::projector::{REASON_HEADER, dead_letter_exchange, dead_letter_queue};
 pub enum DeadLetterError {
     #[error("the broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Connect(#[from] ordering_platform::amqp::ConnectError),
     #[error("there is no queue {0} on this broker (the projector declares it when it first starts)")]
     NoQueue(String),
     #[error("the broker did not confirm a copy of dead letter {0}; it is still in the queue")]
@@ -178,9 +181,8 @@ pub struct DeadLetterQueue {
 
 impl DeadLetterQueue {
     /// Connects and checks that `<projector_queue>.dead` exists (declares nothing).
-    pub async fn open(amqp_url: &str, projector_queue: &str) -> Result<Self, DeadLetterError> {
-        let props = ConnectionProperties::default().with_connection_name("read-api dlq".into());
-        let conn = Connection::connect(amqp_url, props).await?;
+    pub async fn open(nodes: &AmqpNodes, projector_queue: &str) -> Result<Self, DeadLetterError> {
+        let conn = nodes.connect("read-api dlq").await?.connection;
         let channel = conn.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Self {

@@ -162,7 +162,7 @@ async fn run_rebuild(settings: Settings, from_available: bool) -> anyhow::Result
     }
 }
 
-async fn dlq(amqp_url: &str, projector_queue: &str, command: Dlq) -> anyhow::Result<()> {
+async fn dlq(amqp_url: &ordering_platform::amqp::AmqpNodes, projector_queue: &str, command: Dlq) -> anyhow::Result<()> {
     let queue = DeadLetterQueue::open(amqp_url, projector_queue).await?;
     let result = run_dlq(&queue, command).await;
     queue.close().await;

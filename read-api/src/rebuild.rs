@@ -26,7 +26,6 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties};
 
 use crate::announcement::{Announcement, NOTIFY_CHANNEL};
 use crate::cache::Cache;
@@ -38,7 +37,7 @@ use crate::views::{Continuity, Outcome, Tables};
 #[derive(Clone, Debug)]
 pub struct Options {
     pub database_url: String,
-    pub amqp_url: String,
+    pub amqp_url: ordering_platform::amqp::AmqpNodes,
     pub stream: String,
     /// Accept a stream whose head was dropped by retention.
     pub from_available: bool,
@@ -78,6 +77,8 @@ pub enum RebuildError {
     Migrate(#[from] ordering_schema::migrate::MigrateError),
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    BrokerConnect(#[from] ordering_platform::amqp::ConnectError),
     #[error(
         "the stream {stream} no longer holds the pipeline's first events ({detail}); \
          rebuilding from it would lose history. Run `read-api rebuild --from-available` to \
@@ -123,11 +124,7 @@ pub async fn run(
             .await?;
     }
 
-    let amqp = Connection::connect(
-        &opts.amqp_url,
-        ConnectionProperties::default().with_connection_name("read-api rebuild".into()),
-    )
-    .await?;
+    let amqp = opts.amqp_url.connect("read-api rebuild").await?.connection;
     let total = {
         // A passive declare fails (and closes its channel) if the stream does not exist: use
         // a channel of its own.

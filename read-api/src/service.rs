@@ -77,6 +77,7 @@ impl Service {
                 cache.clone(),
                 Topology {
                     amqp_url: settings.amqp_url.clone(),
+                    replication_factor: settings.replication_factor,
                     exchange: settings.exchange.clone(),
                     queue: settings.queue.clone(),
                     prefetch: settings.prefetch,
@@ -114,7 +115,7 @@ impl Service {
         let admin = settings.admin.clone().map(|gate| crate::admin::AdminState {
             gate,
             app: self.state.clone(),
-            amqp_url: settings.amqp_url.clone(),
+            amqp: settings.amqp_url.clone(),
             queue: settings.queue.clone(),
             projector: settings.projector,
             gap_timeout: settings.gap_timeout,

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ordering_platform::amqp::AmqpNodes;
 use ordering_platform::auth::Authenticator;
 use ordering_platform::cli::Setting;
 use ordering_platform::http::layers::HttpLimits;
@@ -27,8 +28,10 @@ pub struct Settings {
     pub database_url: String,
     /// `READ_POOL_SIZE`: PostgreSQL connections for requests and the projector.
     pub pool_size: usize,
-    /// `AMQP_URL`: the broker.
-    pub amqp_url: String,
+    /// `AMQP_URL`: the broker's node, or a cluster's nodes separated by commas.
+    pub amqp_url: AmqpNodes,
+    /// `AMQP_REPLICATION_FACTOR`: nodes holding the projector's queue and its dead letters.
+    pub replication_factor: u32,
     /// `REDIS_URL`: `redis://host:port/db` for one node; `redis+cluster://h1:p1,h2:p2` (or a
     /// comma-separated list of `redis://` URLs) for a Redis Cluster.
     pub redis_url: String,
@@ -141,6 +144,7 @@ impl Settings {
             database_url,
             pool_size: settings::parsed("READ_POOL_SIZE", 16)?,
             amqp_url: amqp_url()?,
+            replication_factor: ordering_platform::amqp::replication_factor()?,
             redis_url,
             redis_key_prefix: settings::string("REDIS_KEY_PREFIX", "ordering:read:"),
             redis_timeout: Duration::from_millis(settings::parsed("REDIS_TIMEOUT_MS", 100)?),
@@ -275,12 +279,8 @@ pub fn database_url() -> Result<String, SettingError> {
 }
 
 /// `AMQP_URL` alone: with [`projector_queue`], what `read-api dlq` needs.
-pub fn amqp_url() -> Result<String, SettingError> {
-    settings::url(
-        "AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        &["amqp://", "amqps://"],
-    )
+pub fn amqp_url() -> Result<AmqpNodes, SettingError> {
+    AmqpNodes::from_env()
 }
 
 /// `PROJECTOR_QUEUE`: the projector's queue (its dead letters are in `<queue>.dead`).

@@ -11,6 +11,7 @@ pub mod pg_server;
 pub mod pipeline;
 pub mod process;
 pub mod prometheus;
+pub mod rabbit_cluster;
 pub mod read_app;
 pub mod relay;
 pub mod test_db;

@@ -15,7 +15,6 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use futures::StreamExt;
-use lapin::{Connection, ConnectionProperties};
 use rand::Rng;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -40,6 +39,9 @@ pub struct PipelineOptions {
     pub write_env: Vec<(String, String)>,
     pub relay_env: Vec<(String, String)>,
     pub read_env: Vec<(String, String)>,
+    /// The broker's nodes (a cluster's AMQP URLs), listed in `AMQP_URL` as they are, with no
+    /// proxy; empty (the default): the local broker, behind the [`Pipeline::amqp`] proxy.
+    pub amqp_nodes: Vec<String>,
 }
 
 impl Default for PipelineOptions {
@@ -50,6 +52,7 @@ impl Default for PipelineOptions {
             write_env: Vec::new(),
             relay_env: Vec::new(),
             read_env: Vec::new(),
+            amqp_nodes: Vec::new(),
         }
     }
 }
@@ -64,19 +67,24 @@ pub struct Pipeline {
     pub write_db: TestDatabase,
     pub read_db: TestDatabase,
     pub pg: ChaosProxy,
-    pub amqp: ChaosProxy,
+    /// In front of the local broker (none when the pipeline runs on a cluster's nodes).
+    amqp_proxy: Option<ChaosProxy>,
+    /// `AMQP_URL` of the services when it names a cluster's nodes (else empty).
+    amqp_nodes: Vec<String>,
     pub redis: ChaosProxy,
     pub write_api: ServiceProcess,
     pub relays: Vec<ServiceProcess>,
     pub read_api: Option<ServiceProcess>,
-    /// Every delivery to a queue of the test's own bound to the exchange with `#`.
+    /// Every delivery to a queue of the test's own bound to the exchange with `#` (on the local
+    /// broker; on a cluster it stays empty and [`Pipeline::check`] replays the stream instead,
+    /// which survives the loss of a node).
     pub recorder: Deliveries,
     pub client: reqwest::Client,
     write_env: HashMap<String, String>,
     relay_env: HashMap<String, String>,
     read_env: HashMap<String, String>,
     redis_prefix: String,
-    _broker: TestExchange,
+    _broker: Option<TestExchange>,
 }
 
 /// How long a service may take to become ready.
@@ -125,13 +133,23 @@ impl Pipeline {
         let write_db = TestDatabase::new().await;
         let read_db = TestDatabase::empty().await;
         let (pg, pg_url) = proxy_for(write_db.url()).await;
-        let (amqp, amqp_url) = proxy_for(AMQP_URL).await;
         let (redis, redis_url) = proxy_for(REDIS_URL).await;
         let redis_prefix = format!("test:{id}:");
         // The projector's queue and a recording queue exist before anything is published.
-        let mut broker = TestExchange::named(&exchange).await;
-        let recorder = broker.consume().await;
-        declare_projector_topology(&exchange).await;
+        let (amqp_proxy, services_amqp_url, broker, recorder) = if opts.amqp_nodes.is_empty() {
+            let (proxy, amqp_url) = proxy_for(AMQP_URL).await;
+            let mut broker = TestExchange::named(&exchange).await;
+            let recorder = broker.consume().await;
+            (Some(proxy), amqp_url(AMQP_URL), Some(broker), recorder)
+        } else {
+            (None, opts.amqp_nodes.join(","), None, Deliveries::default())
+        };
+        let broker_url = if opts.amqp_nodes.is_empty() {
+            AMQP_URL.to_owned()
+        } else {
+            services_amqp_url.clone()
+        };
+        declare_projector_topology(&broker_url, &exchange).await;
         let log = || std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
         let write_env = env_of(
             &[
@@ -146,7 +164,7 @@ impl Pipeline {
         let relay_env = env_of(
             &[
                 ("DATABASE_URL", pg_url(write_db.url())),
-                ("AMQP_URL", amqp_url(AMQP_URL)),
+                ("AMQP_URL", services_amqp_url.clone()),
                 ("OUTBOX_EXCHANGE", exchange.clone()),
                 ("RELAY_POLL_INTERVAL", "200ms".to_owned()),
                 ("RELAY_LEASE_TTL", "2s".to_owned()),
@@ -163,7 +181,7 @@ impl Pipeline {
             &[
                 ("DATABASE_URL", pg_url(read_db.url())),
                 ("READ_DATABASE_URL", pg_url(read_db.url())),
-                ("AMQP_URL", amqp_url(AMQP_URL)),
+                ("AMQP_URL", services_amqp_url.clone()),
                 ("REDIS_URL", redis_url(REDIS_URL)),
                 ("REDIS_KEY_PREFIX", redis_prefix.clone()),
                 ("EVENTS_EXCHANGE", exchange.clone()),
@@ -195,7 +213,8 @@ impl Pipeline {
             write_db,
             read_db,
             pg,
-            amqp,
+            amqp_proxy,
+            amqp_nodes: opts.amqp_nodes.clone(),
             redis,
             write_api,
             relays,
@@ -263,6 +282,27 @@ impl Pipeline {
         self.write_api.kill9();
         self.write_api = ServiceProcess::spawn("write-api", &[], "WRITE_API_ADDR", &self.write_env);
         self.write_api.wait_ready_status(200, READY).await;
+    }
+
+    /// The proxy in front of the local broker (panics for a pipeline on a cluster's nodes).
+    pub fn amqp(&self) -> &ChaosProxy {
+        self.amqp_proxy
+            .as_ref()
+            .expect("a pipeline on the local broker has an AMQP proxy")
+    }
+
+    /// What a consumer of all events got: the recording queue's deliveries on the local
+    /// broker; on a cluster, the stream `<exchange>.log` replayed from its first offset.
+    pub async fn recorded(&self) -> Deliveries {
+        if self.amqp_nodes.is_empty() {
+            return self.recorder.clone();
+        }
+        let nodes = ordering_platform::amqp::AmqpNodes::parse(&self.amqp_nodes.join(",")).expect("AMQP nodes");
+        let conn = nodes.connect("test stream replay").await.expect("a node").connection;
+        let got =
+            crate::relay::broker::read_stream(&conn, &format!("{}.log", self.exchange), Duration::from_secs(2)).await;
+        let _ = conn.close(200, "read".into()).await;
+        got
     }
 
     /// The read-api (panics when it is not running).
@@ -341,8 +381,10 @@ impl Pipeline {
         // Nothing lost, nothing invented, in order.
         let ids: HashSet<Uuid> = truth.outbox_ids.iter().copied().collect();
         let deadline = Instant::now() + limit;
+        let mut recorded;
         loop {
-            let got = self.recorder.event_ids();
+            recorded = self.recorded().await;
+            let got = recorded.event_ids();
             if ids.is_subset(&got) {
                 break;
             }
@@ -354,16 +396,14 @@ impl Pipeline {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let got = self.recorder.event_ids();
+        let got = recorded.event_ids();
         let invented: Vec<_> = got.difference(&ids).collect();
         assert!(
             invented.is_empty(),
             "events published that were never committed: {invented:?}"
         );
-        self.recorder
-            .check_order()
-            .expect("per-aggregate order of first deliveries");
-        let deliveries = self.recorder.len();
+        recorded.check_order().expect("per-aggregate order of first deliveries");
+        let deliveries = recorded.len();
         // The views catch up and equal the write side.
         let mut mismatches;
         loop {
@@ -529,15 +569,16 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 
 /// Declares the read-api's topology (the exchange, its projector queue and dead letters) as
 /// the read-api does, so events published before it first starts wait in its queue.
-async fn declare_projector_topology(exchange: &str) {
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
+async fn declare_projector_topology(amqp_url: &str, exchange: &str) {
+    let nodes = ordering_platform::amqp::AmqpNodes::parse(amqp_url).expect("AMQP URL");
+    let conn = nodes.connect("test").await.expect("connect to RabbitMQ").connection;
     let ch = conn.create_channel().await.expect("channel");
     read_api::projector::declare(
+        &conn,
         &ch,
         &read_api::projector::Topology {
-            amqp_url: AMQP_URL.to_owned(),
+            amqp_url: nodes.clone(),
+            replication_factor: ordering_platform::amqp::DEFAULT_REPLICATION_FACTOR,
             exchange: exchange.to_owned(),
             queue: format!("{exchange}.projector"),
             prefetch: 1,
@@ -560,6 +601,8 @@ impl Drop for Pipeline {
         self.write_api.kill9();
         let exchange = self.exchange.clone();
         let prefix = self.redis_prefix.clone();
+        // A cluster's objects go with the cluster.
+        let local_broker = self.amqp_nodes.is_empty();
         // The TestExchange (dropped after this) deletes the exchange, its stream and the
         // recording queue; here the read-api's queues and dead-letter exchange, and Redis keys.
         let _ = std::thread::spawn(move || {
@@ -569,7 +612,9 @@ impl Drop for Pipeline {
                 .expect("runtime");
             rt.block_on(async {
                 let q = format!("{exchange}.projector");
-                crate::relay::broker::delete(format!("{q}.dlx"), vec![q.clone(), format!("{q}.dead")]).await;
+                if local_broker {
+                    crate::relay::broker::delete(format!("{q}.dlx"), vec![q.clone(), format!("{q}.dead")]).await;
+                }
                 if let Ok(client) = redis::Client::open(REDIS_URL)
                     && let Ok(mut conn) = client.get_multiplexed_async_connection().await
                 {

@@ -27,6 +27,11 @@ use crate::write_app::SECRET;
 /// The shared Redis the tests use unless they start their own.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
+/// The broker the tests use, as the services take it.
+pub fn local_broker() -> ordering_platform::amqp::AmqpNodes {
+    ordering_platform::amqp::AmqpNodes::parse(AMQP_URL).expect("AMQP_URL")
+}
+
 /// How a test read-api is set up.
 #[derive(Clone, Debug)]
 pub struct ReadOptions {
@@ -82,7 +87,8 @@ impl ReadApp {
         let settings = Settings {
             database_url: db.url().to_owned(),
             pool_size: 16,
-            amqp_url: AMQP_URL.to_owned(),
+            amqp_url: local_broker(),
+            replication_factor: ordering_platform::amqp::DEFAULT_REPLICATION_FACTOR,
             redis_url: opts.redis_url.clone(),
             redis_key_prefix: format!("{name}:"),
             redis_timeout: Duration::from_millis(100),
@@ -113,9 +119,11 @@ impl ReadApp {
         // The exchange first (as the relay would), so events published before the projector
         // has bound its queue are not lost... they would be, so tests wait for the binding below.
         read_api::projector::declare(
+            &amqp,
             &publisher,
             &read_api::projector::Topology {
-                amqp_url: AMQP_URL.to_owned(),
+                amqp_url: local_broker(),
+                replication_factor: settings.replication_factor,
                 exchange: settings.exchange.clone(),
                 queue: settings.queue.clone(),
                 prefetch: settings.prefetch,

@@ -65,7 +65,7 @@ use futures::StreamExt;
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties};
+use ordering_platform::amqp::ConnectError;
 use ordering_platform::db::PgPool;
 use ordering_platform::{backoff, trace_context};
 use ordering_schema::events::AggregateType;
@@ -131,6 +131,15 @@ pub(crate) struct Work {
 }
 
 pub(crate) type Key = (AggregateType, Uuid);
+
+/// Why a session with the broker ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+}
 
 /// The span of applying `delivery`: the child of the publish span named by its
 /// `traceparent`/`tracestate` headers (a root without them).
@@ -200,7 +209,8 @@ impl Projector {
         self.gap_report.clone()
     }
 
-    /// Consumes until `stop`, reconnecting with backoff when the broker goes away. On `stop`
+    /// Consumes until `stop`, reconnecting with backoff when the broker goes away (to the next
+    /// node of `AMQP_URL` that answers, when it lists a cluster's nodes). On `stop`
     /// it cancels the consumer, lets the workers finish what they were given, and closes.
     pub async fn run(self, stop: CancellationToken) {
         let backoff = || backoff::endless(Duration::from_millis(200), Duration::from_secs(10)).build();
@@ -220,11 +230,12 @@ impl Projector {
         tracing::info!("projector stopped");
     }
 
-    async fn session(&self, stop: &CancellationToken) -> Result<(), lapin::Error> {
-        let props = ConnectionProperties::default().with_connection_name("read-api projector".into());
-        let conn = Connection::connect(&self.topology.amqp_url, props).await?;
+    /// One connection's life: connect to a node that answers (after a lost one, the next
+    /// node first), declare, consume until the connection fails or `stop`.
+    async fn session(&self, stop: &CancellationToken) -> Result<(), SessionError> {
+        let conn = self.topology.amqp_url.connect("read-api projector").await?.connection;
         let ch = conn.create_channel().await?;
-        declare(&ch, &self.topology).await?;
+        declare(&conn, &ch, &self.topology).await?;
         ch.basic_qos(self.topology.prefetch, BasicQosOptions::default()).await?;
         let dead_letters = DeadLetters {
             channel: conn.create_channel().await?,
@@ -273,7 +284,7 @@ impl Projector {
             };
             let delivery = match next {
                 Some(Ok(d)) => d,
-                Some(Err(e)) => break Err(e),
+                Some(Err(e)) => break Err(e.into()),
                 None => break Ok(()),
             };
             match parse(&delivery.data) {

@@ -1,14 +1,21 @@
 //! The broker objects the projector consumes from: the events exchange, its own quorum queue
 //! and the dead-letter exchange and queue.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+use ordering_platform::amqp::{self, AmqpNodes};
+
+/// The argument that replicates a quorum queue over that many nodes.
+const QUORUM_SIZE: &str = "x-quorum-initial-group-size";
 
 /// Where the projector reads from.
 #[derive(Clone, Debug)]
 pub struct Topology {
-    pub amqp_url: String,
+    /// `AMQP_URL`: the broker's nodes.
+    pub amqp_url: AmqpNodes,
+    /// `AMQP_REPLICATION_FACTOR`: nodes holding the queue and its dead letters.
+    pub replication_factor: u32,
     pub exchange: String,
     pub queue: String,
     pub prefetch: u16,
@@ -38,8 +45,10 @@ pub fn dead_letter_exchange(queue: &str) -> String {
 }
 
 /// Declares the exchange (as the relay does, so either may start first), the dead-letter
-/// exchange and queue, and the projector's quorum queue bound with `#`. Idempotent.
-pub async fn declare(ch: &Channel, t: &Topology) -> Result<(), lapin::Error> {
+/// exchange and queue, and the projector's quorum queue bound with `#`, both queues replicated
+/// over `replication_factor` nodes (queues declared before that setting are kept as they are:
+/// [`amqp::declare_replicated`]). Idempotent.
+pub async fn declare(conn: &Connection, ch: &Channel, t: &Topology) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -62,11 +71,7 @@ pub async fn declare(ch: &Channel, t: &Topology) -> Result<(), lapin::Error> {
     let dlq = t.dead_letter_queue();
     let mut quorum = FieldTable::default();
     quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    let qopts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(dlq.as_str().into(), qopts, quorum.clone()).await?;
+    amqp::declare_replicated(conn, &dlq, &quorum, QUORUM_SIZE, t.replication_factor).await?;
     ch.queue_bind(
         dlq.as_str().into(),
         dlx.as_str().into(),
@@ -80,7 +85,7 @@ pub async fn declare(ch: &Channel, t: &Topology) -> Result<(), lapin::Error> {
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(dlx.as_str().into()),
     );
-    ch.queue_declare(t.queue.as_str().into(), qopts, args).await?;
+    amqp::declare_replicated(conn, &t.queue, &args, QUORUM_SIZE, t.replication_factor).await?;
     ch.queue_bind(
         t.queue.as_str().into(),
         t.exchange.as_str().into(),

@@ -113,8 +113,9 @@ async fn raw_publish(size: usize) -> anyhow::Result<f64> {
         stream: ex.stream(),
         max_bytes: 5_000_000_000,
         max_age: "7D".into(),
+        replication_factor: 1,
     };
-    outbox_relay::broker::declare(&ch, &topology).await?;
+    outbox_relay::broker::declare(&conn, &ch, &topology).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body = vec![b'x'; size];
     let started = Instant::now();

@@ -26,6 +26,49 @@ pub struct Received {
     pub at: std::time::Instant,
 }
 
+impl Received {
+    /// What `d` carries.
+    pub fn of(d: &lapin::message::Delivery) -> Self {
+        let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
+        Self {
+            routing_key: d.routing_key.to_string(),
+            properties: d.properties.clone(),
+            body: d.data.clone(),
+            event_id: v["id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_default(),
+            subject: v["subject"].as_str().unwrap_or_default().to_owned(),
+            sequence: v["sequence"].as_i64().unwrap_or_default(),
+            at: std::time::Instant::now(),
+        }
+    }
+}
+
+/// Every message of `stream`, from its first offset, in stream order, read until none came
+/// for `idle`: what a consumer replaying the stream sees.
+pub async fn read_stream(conn: &Connection, stream: &str, idle: std::time::Duration) -> Deliveries {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_qos(1000, BasicQosOptions::default()).await.expect("qos");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = ch
+        .basic_consume(stream.into(), "replay".into(), BasicConsumeOptions::default(), args)
+        .await
+        .expect("consume the stream");
+    let out = Deliveries::default();
+    let mut n = 0u64;
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(idle, consumer.next()).await {
+        out.0.lock().expect("deliveries").push(Received::of(&d));
+        n += 1;
+        if n.is_multiple_of(200) {
+            let _ = d.acker.ack(lapin::options::BasicAckOptions { multiple: true }).await;
+        }
+    }
+    let _ = ch.close(200, "read".into()).await;
+    out
+}
+
 /// A uniquely named exchange (`test.<uuid>`) plus the queues a test binds to it.
 pub struct TestExchange {
     pub name: String,
@@ -155,17 +198,7 @@ impl TestExchange {
         tokio::spawn(async move {
             let _keep = ch;
             while let Some(Ok(d)) = consumer.next().await {
-                let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
-                let r = Received {
-                    routing_key: d.routing_key.to_string(),
-                    properties: d.properties.clone(),
-                    body: d.data.clone(),
-                    event_id: v["id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_default(),
-                    subject: v["subject"].as_str().unwrap_or_default().to_owned(),
-                    sequence: v["sequence"].as_i64().unwrap_or_default(),
-                    at: std::time::Instant::now(),
-                };
-                sink.0.lock().expect("deliveries").push(r);
+                sink.0.lock().expect("deliveries").push(Received::of(&d));
             }
         });
         out

@@ -140,7 +140,7 @@ async fn e2e_slow_consumer_backlog_drains_with_bounded_memory() {
     let published_in = p.wait_drained(Duration::from_secs(600)).await + committed_in;
     // The backlog waits in the projector's queue; now a slow consumer starts: its broker
     // connection goes through the proxy with a delay on every chunk.
-    p.amqp.slow(SLOW);
+    p.amqp().slow(SLOW);
     p.start_read_api().await;
     let read = p.read();
     peaks.watch("read-api", pid_of("READ_API_ADDR", read.addr).expect("read-api pid"));

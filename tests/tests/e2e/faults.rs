@@ -35,7 +35,7 @@ async fn e2e_broker_unreachable_10s_readiness_503_then_backlog_drains() {
     driver.seed(8, 500, 6).await;
     let load = Load::start(&driver, 4, Duration::from_millis(10));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    p.amqp.cut();
+    p.amqp().cut();
     let cut = Instant::now();
     for r in &p.relays {
         r.wait_ready_status(503, Duration::from_secs(10)).await;
@@ -47,7 +47,7 @@ async fn e2e_broker_unreachable_10s_readiness_503_then_backlog_drains() {
     assert_eq!(read_status, 200, "read-api readiness with the broker down: {read_body}");
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
     let backlog = p.unsent().await;
-    p.amqp.restore();
+    p.amqp().restore();
     let restored = Instant::now();
     for r in &p.relays {
         r.wait_ready_status(200, Duration::from_secs(30)).await;

@@ -1,5 +1,6 @@
 //! End-to-end fault tests: write-api, two relays and read-api as child processes behind cuttable
-//! proxies; .config/nextest.toml runs them one at a time. Also the pipeline's container packaging
+//! proxies (or on a three-node RabbitMQ cluster of their own: `rabbit_cluster`); .config/nextest.toml
+//! runs them one at a time. Also the pipeline's container packaging
 //! (Dockerfile, compose.yaml), checked without a Docker engine, and the shipped Prometheus
 //! rules and Grafana dashboard against a running pipeline.
 //!
@@ -13,6 +14,7 @@ mod browser;
 mod container;
 mod faults;
 mod quickstart;
+mod rabbit_cluster;
 mod read_database;
 mod read_replicas;
 mod relay_kill;

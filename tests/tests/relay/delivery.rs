@@ -245,6 +245,12 @@ async fn bad_setting_exits_2_naming_it() {
         ("OUTBOX_TABLE", "outbox; drop table x"),
         ("EVENT_LOG_MAX_AGE", "7 days"),
         ("OUTBOX_CLEANUP_CRON", "never"),
+        (
+            "AMQP_URL",
+            "amqp://guest:s3cret@127.0.0.1:5672/%2f,http://guest:s3cret@127.0.0.1:5673/",
+        ),
+        ("AMQP_URL", "amqp://guest:s3cret@127.0.0.1:5672/%2f,"),
+        ("AMQP_REPLICATION_FACTOR", "0"),
     ] {
         let env = RelayEnv::new("postgres://root@127.0.0.1:5432/postgres", "x").set(k, v);
         let out = relay_command(&env, &[]).output().unwrap();
@@ -252,5 +258,6 @@ async fn bad_setting_exits_2_naming_it() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains(k), "{err}");
+        assert!(!err.contains("s3cret"), "a password in the message: {err}");
     }
 }

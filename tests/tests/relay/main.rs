@@ -10,4 +10,5 @@ mod delivery;
 mod dlq_cli;
 mod failures;
 mod metrics;
+mod replication;
 mod unroutable;

@@ -148,13 +148,14 @@ fn names_read_in(path: &str) -> Vec<String> {
 fn help_lists_every_setting_its_binary_reads() {
     let platform = ["platform/src/telemetry.rs"];
     let auth = "platform/src/auth.rs";
+    let amqp = "platform/src/amqp.rs";
     for (package, sources) in [
         ("write-api", vec!["write-api/src/settings.rs", auth]),
         (
             "outbox-relay",
-            vec!["outbox-relay/src/settings.rs", "platform/src/http/admin.rs"],
+            vec!["outbox-relay/src/settings.rs", "platform/src/http/admin.rs", amqp],
         ),
-        ("read-api", vec!["read-api/src/settings.rs", auth]),
+        ("read-api", vec!["read-api/src/settings.rs", auth, amqp]),
     ] {
         let out = run_for_output(package, &["--help"], &no_settings());
         let help = String::from_utf8_lossy(&out.stdout);
