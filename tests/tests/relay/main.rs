@@ -9,5 +9,6 @@ mod dead_letters;
 mod delivery;
 mod dlq_cli;
 mod failures;
+mod fleet;
 mod metrics;
 mod unroutable;
