@@ -6,6 +6,7 @@
 //! 1..n in order, and duplicates come only after the SIGKILL. Delivered rows/s and lag per step
 //! are printed, never asserted.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -220,11 +221,11 @@ async fn partitions_follow_a_changing_fleet_without_loss_or_disorder() {
     let mut first_at: HashMap<uuid::Uuid, Instant> = HashMap::new();
     let mut duplicates: Vec<&Received> = Vec::new();
     for r in &all {
-        if first_at.contains_key(&r.event_id) {
-            duplicates.push(r);
-        } else {
-            first_at.insert(r.event_id, r.at);
+        if let Entry::Vacant(e) = first_at.entry(r.event_id) {
+            e.insert(r.at);
             firsts.entry(&r.subject).or_default().push(r.sequence);
+        } else {
+            duplicates.push(r);
         }
     }
     assert_eq!(firsts.len(), AGGREGATES as usize, "every aggregate was written");
