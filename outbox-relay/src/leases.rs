@@ -68,6 +68,23 @@ impl Leases {
         self.owner
     }
 
+    /// Who this instance is and which partitions it may publish now, in words:
+    /// `instance <id> holds 3 of 16 partitions: 0, 1, 2` (no list when it holds none).
+    pub fn describe(&self) -> String {
+        let held: Vec<String> = self.snapshot().iter().map(|(p, _)| p.to_string()).collect();
+        let mut s = format!(
+            "instance {} holds {} of {} partitions",
+            self.owner,
+            held.len(),
+            self.partitions
+        );
+        if !held.is_empty() {
+            s.push_str(": ");
+            s.push_str(&held.join(", "));
+        }
+        s
+    }
+
     /// The partitions that may be published now, with the fence of each.
     pub fn snapshot(&self) -> Vec<(i32, i64)> {
         let now = Instant::now();

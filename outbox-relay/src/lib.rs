@@ -82,7 +82,7 @@
 //! published unchanged.
 //!
 //! `/health/ready` answers 503 while PostgreSQL or the broker is unreachable or a breaker is
-//! open; `/metrics` has rows published, pending rows, lag, publish, confirm and
+//! open, and names this instance and the partitions it holds (never a cause of 503); `/metrics` has rows published, pending rows, lag, publish, confirm and
 //! commit-to-confirm latencies, retries, dead letters, breaker states, partitions held, the
 //! pool, the process and the build ([`catalog`]). With `JWT_SECRET` set, `/admin` is a page
 //! for a person with the same figures, partition owners and the dead letters ([`admin`]).
@@ -173,7 +173,13 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
     tracing::info!(%owner, table = %s.table.table(), exchange = %s.exchange, partitions = s.partitions, "relay starting");
 
     let http_stop = CancellationToken::new();
-    let ready = readiness(pool.clone(), db.clone(), broker.clone(), broker_up.clone());
+    let ready = readiness(
+        pool.clone(),
+        db.clone(),
+        broker.clone(),
+        broker_up.clone(),
+        leases.clone(),
+    );
     let activity = Arc::new(admin::Activity::default());
     let admin_state = s.admin.clone().map(|gate| admin::AdminState {
         gate,
@@ -285,14 +291,19 @@ async fn migrate_with_retry(s: &Settings) -> Result<(), RelayError> {
         .map_err(Into::into)
 }
 
+/// `/health/ready`: PostgreSQL and the broker (both required), and, never down, the partitions
+/// this instance may publish now, so that whoever looks at one instance of a fleet sees what it
+/// owns.
 fn readiness(
     pool: ordering_platform::db::PgPool,
     db: Arc<Breaker>,
     broker: Arc<Breaker>,
     broker_up: Arc<AtomicBool>,
+    leases: Arc<leases::Leases>,
 ) -> ReadinessCheck {
     Arc::new(move || {
         let (pool, db, broker, broker_up) = (pool.clone(), db.clone(), broker.clone(), broker_up.clone());
+        let partitions = leases.describe();
         async move {
             let mut deps = BTreeMap::new();
             let pg = match ordering_platform::db::ping(&pool).await {
@@ -309,6 +320,15 @@ fn readiness(
                 DependencyState::up(true)
             };
             deps.insert("rabbitmq", mq);
+            // Holding none is normal (just started, or more instances than partitions): this
+            // entry informs, it never makes the instance unready or degraded.
+            deps.insert(
+                "partitions",
+                DependencyState {
+                    detail: Some(partitions),
+                    ..DependencyState::up(false)
+                },
+            );
             deps
         }
         .boxed()

@@ -6,6 +6,9 @@
 //! (b) the relay draining 100,000 pre-inserted rows over 1,000 aggregates, 1 and 2
 //!     instances, with the ratio to (a);
 //! (c) end-to-end lag, commit → delivered to a consumer, at half the relay's maximum rate.
+//!
+//! `relay-bench lag RATE...` runs only (c) at the given rates; `relay-bench drain N...` only
+//! (a) and (b), with N instances for each N given (e.g. `drain 1 2 4`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use diesel::QueryableByName;
 use diesel::sql_types::Double;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -21,7 +24,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use ordering_tests::process::ServiceProcess;
 use ordering_tests::relay::broker::{AMQP_URL, TestExchange};
-use ordering_tests::relay::outbox::{insert_events, unsent};
+use ordering_tests::relay::outbox::{SteadyWriter, insert_events, unsent};
 use ordering_tests::relay::process::{RelayEnv, spawn_relay};
 use ordering_tests::relay::wait_until;
 use ordering_tests::test_db::TestDatabase;
@@ -45,6 +48,21 @@ async fn main() -> anyhow::Result<()> {
     if matches!(args.as_slice(), [cmd, ..] if cmd == "lag") {
         for rate in &args[1..] {
             report_lag(rate.parse()?, LAG_AGGREGATES).await?;
+        }
+        return Ok(());
+    }
+    // `relay-bench drain N...`: only (a) and (b), with N instances for each N given.
+    if matches!(args.as_slice(), [cmd, ..] if cmd == "drain") {
+        let payload_len = sample_payload_len().await;
+        for n in &args[1..] {
+            let n: usize = n.parse()?;
+            let raw = raw_publish(payload_len).await?;
+            println!("(a) raw lapin, confirms, window {WINDOW}: {raw:.0} msgs/s");
+            let rate = drain(n).await?;
+            println!(
+                "(b) relay, {n} instance(s), {ROWS} rows: {rate:.0} msgs/s = {:.0}% of raw",
+                rate / raw * 100.0
+            );
         }
         return Ok(());
     }
@@ -209,7 +227,6 @@ async fn lag(rate: f64, aggregates: i32) -> anyhow::Result<(f64, f64, f64, usize
     let env = RelayEnv::new(db.url(), &ex.name).set("RUST_LOG", "warn");
     let relay = spawn_relay(&env);
     relay.wait_ready_status(200, Duration::from_secs(30)).await;
-    let committed: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
     let delivered: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
     // The consumer.
     let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
@@ -246,47 +263,16 @@ async fn lag(rate: f64, aggregates: i32) -> anyhow::Result<(f64, f64, f64, usize
             }
         }
     });
-    // The writers: WRITERS connections, each inserting PER_STATEMENT rows per statement at a
-    // fixed pace; statement n of a writer goes to its group n mod `groups` of PER_STATEMENT
-    // aggregates, so every aggregate's events come in sequence order.
-    let groups = (aggregates / (WRITERS * PER_STATEMENT)).max(1);
-    let period = Duration::from_secs_f64(f64::from(WRITERS * PER_STATEMENT) / rate);
-    let run_for = Duration::from_secs(10);
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        let url = db.url().to_owned();
-        let committed = committed.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = AsyncPgConnection::establish(&url).await.expect("connect");
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let start = Instant::now();
-            let mut n = 0;
-            while start.elapsed() < run_for {
-                tick.tick().await;
-                let (group, seq) = (n % groups, n / groups + 1);
-                let prefix = format!("w{w}-g{group}-");
-                let ids = insert_events(&mut c, "outbox", &prefix, PER_STATEMENT, seq, 1, PAD).await;
-                let at = Instant::now();
-                let mut m = committed.lock().expect("lock");
-                for id in ids {
-                    m.insert(id, at);
-                }
-                n += 1;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let total = committed.lock().expect("lock").len();
+    let writer = SteadyWriter::start(db.url(), rate, aggregates, WRITERS, PER_STATEMENT, PAD);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let committed = writer.stop().await;
+    let total = committed.len();
     wait_until("every event delivered", Duration::from_secs(60), || async {
         delivered.lock().expect("lock").len() >= total
     })
     .await;
     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
     let mut h = Histogram::<u64>::new(3)?;
-    let committed = committed.lock().expect("lock");
     let delivered = delivered.lock().expect("lock");
     // The first second is warm-up (connections, JIT-free but cold caches): skipped.
     let first = committed.values().min().copied().unwrap_or_else(Instant::now);

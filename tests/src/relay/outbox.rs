@@ -83,3 +83,76 @@ pub async fn unsent(conn: &mut AsyncPgConnection, table: &str) -> i64 {
         .expect("count unsent");
     n.n
 }
+
+/// Writers inserting events at a steady rate until stopped, as services under load would:
+/// `writers` connections, each inserting `per_statement` events (one for each of as many
+/// aggregates) per statement at a fixed pace. Statement n of a writer goes to its group
+/// n mod `groups` of aggregates (`w<writer>-g<group>-<k>`), so every aggregate's events are
+/// committed in sequence order, 1, 2, ... Each event's commit instant is recorded.
+pub struct SteadyWriter {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    committed: Committed,
+}
+
+/// Event id → the instant the statement that inserted it returned (its commit).
+pub type Committed = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, std::time::Instant>>>;
+
+impl SteadyWriter {
+    /// Starts writing about `rate` events/s into `outbox` of `url`, spread over about
+    /// `aggregates` aggregates, payloads padded by `pad` bytes.
+    pub fn start(url: &str, rate: f64, aggregates: i32, writers: i32, per_statement: i32, pad: i32) -> Self {
+        use diesel_async::AsyncConnection;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let committed = Committed::default();
+        let groups = (aggregates / (writers * per_statement)).max(1);
+        let period = std::time::Duration::from_secs_f64(f64::from(writers * per_statement) / rate);
+        let tasks = (0..writers)
+            .map(|w| {
+                let (url, committed, stop) = (url.to_owned(), committed.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut c = AsyncPgConnection::establish(&url).await.expect("connect");
+                    let mut tick = tokio::time::interval(period);
+                    // Behind schedule (a busy machine), catch up: the average rate is the point.
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    let mut n = 0;
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            () = stop.cancelled() => return,
+                        }
+                        let (group, seq) = (n % groups, n / groups + 1);
+                        let prefix = format!("w{w}-g{group}-");
+                        let ids = insert_events(&mut c, "outbox", &prefix, per_statement, seq, 1, pad).await;
+                        let at = std::time::Instant::now();
+                        let mut m = committed.lock().expect("committed");
+                        for id in ids {
+                            m.insert(id, at);
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Self { stop, tasks, committed }
+    }
+
+    /// Events committed so far.
+    pub fn len(&self) -> usize {
+        self.committed.lock().expect("committed").len()
+    }
+
+    /// Nothing committed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stops the writers (each after its current statement) and returns every committed event.
+    pub async fn stop(self) -> std::collections::HashMap<uuid::Uuid, std::time::Instant> {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await.expect("a writer panicked");
+        }
+        std::mem::take(&mut *self.committed.lock().expect("committed"))
+    }
+}

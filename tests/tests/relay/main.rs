@@ -9,6 +9,7 @@ mod dead_letters;
 mod delivery;
 mod dlq_cli;
 mod failures;
+mod fleet;
 mod metrics;
 mod replication;
 mod unroutable;
