@@ -14,9 +14,9 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use hdrhistogram::Histogram;
+use ordering_tests::admin_page::{client, login, session_cookie};
 use ordering_tests::metrics_text::sample;
 use ordering_tests::process::ServiceProcess;
-use ordering_tests::relay::admin::{client, login, session_cookie};
 use ordering_tests::relay::broker::{Received, TestExchange};
 use ordering_tests::relay::outbox::{SteadyWriter, unsent};
 use ordering_tests::relay::process::{RelayEnv, relay_command, spawn_relay};
@@ -61,7 +61,7 @@ async fn owns(relay: &ServiceProcess) -> Option<Owns> {
     let listed = detail.split_once(": ").map_or(0, |(_, l)| l.split(", ").count());
     assert_eq!(listed, readiness, "the readiness detail lists what it counts: {detail}");
     let metrics = sample(&relay.metrics().await, "relay_partitions_held", &[])? as usize;
-    let cookie = session_cookie(&login(relay, &admin_token()).await);
+    let cookie = session_cookie(&login(&relay.url(""), &admin_token()).await);
     let page = http
         .get(relay.url("/admin"))
         .header("cookie", cookie)
