@@ -48,7 +48,11 @@ async fn recovery_after(p: &Pipeline, driver: &Driver, killed: Instant) -> Recov
     loop {
         assert!(
             killed.elapsed() < Duration::from_secs(90),
-            "no recovery within 90 s of the kill"
+            "no recovery within 90 s of the kill: {}; the services' logs above say why",
+            match published {
+                None => "the relay never published an event written after it".to_owned(),
+                Some(after) => format!("published after {after:?}, but the read-api never served it"),
+            }
         );
         if published.is_none() {
             let mut conn = p.write_db.conn().await;
