@@ -51,14 +51,17 @@
 //!   backoff, so publishing resumes within moments of the database's return; the poll covers
 //!   the gap.
 //! - **Poison row**: a row that can never be a valid message (a routing key over 255 bytes,
-//!   headers that are not an object of strings) is dead-lettered at once; a row the broker
-//!   refuses (nack) is retried with backoff and dead-lettered after `RELAY_MAX_ATTEMPTS`.
+//!   headers that are not an object of strings) is dead-lettered at once.
+//! - **Nack**: the broker could not take the message now (a full queue that rejects publishes,
+//!   a quorum queue or stream without a leader while a cluster node is lost). That says nothing
+//!   against the row: it is published again with a growing backoff (up to 10 s) for as long
+//!   as it takes, and never dead-lettered; its aggregate waits.
 //! - **Nowhere to route**: messages are published `mandatory`. The relay binds its stream
 //!   (`<exchange>.log`) with `#`, so normally every message is routed; if an operator removed
 //!   that binding and no other queue takes the routing key, the broker returns the message
 //!   (`basic.return`, 312 NO_ROUTE) before confirming it. A returned message counts as not
-//!   delivered: the row stays unsent and is treated like a nack (retried with backoff,
-//!   dead-lettered after `RELAY_MAX_ATTEMPTS` with the return as its error). Once the binding
+//!   delivered: the row stays unsent, is retried with backoff and is dead-lettered after
+//!   `RELAY_MAX_ATTEMPTS` with the return as its error. Once the binding
 //!   is back (a relay restart declares it again), `dlq replay --all` sends them in order.
 //!   A dead letter stays unsent in the outbox and blocks the later rows of its aggregate
 //!   (order before progress) while other aggregates flow, until `outbox-relay dlq replay` or

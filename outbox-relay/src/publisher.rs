@@ -2,7 +2,11 @@
 //! of outstanding confirms (at most one unconfirmed message per aggregate), mark the
 //! confirmed ones sent in one statement, and sleep until a notification or the poll.
 //! Messages are `mandatory`: one the broker returns (no queue bound for it) is confirmed but
-//! not delivered, and is retried like a nack.
+//! not delivered: it is retried, then dead-lettered after `RELAY_MAX_ATTEMPTS`. A nack is
+//! different: the broker could not take the message *now* (a full queue that rejects
+//! publishes, a quorum queue or stream without a leader while a cluster node is lost), so it is
+//! retried for as long as that lasts, with a backoff, and never dead-lettered: a row is only
+//! given up for what is wrong with it or with the topology, never for the broker's state.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -68,8 +72,10 @@ struct Marking {
 #[derive(Default)]
 struct BatchOutcome {
     confirmed: Vec<Confirmed>,
-    /// Rows the broker refused, with the reason.
+    /// Rows the broker returned (no queue bound for them), with the reason.
     nacked: Vec<(OutboxRow, String)>,
+    /// Rows the broker nacked: it could not take them now.
+    busy: Vec<OutboxRow>,
     /// Rows that can never be published as they are.
     poison: Vec<(OutboxRow, String)>,
     /// The channel failed: the connection must be rebuilt.
@@ -115,6 +121,9 @@ struct Run<'a> {
     blocked: HashMap<AggKey, Instant>,
     db_backoff: Box<dyn Iterator<Item = Duration> + Send>,
     broker_backoff: Box<dyn Iterator<Item = Duration> + Send>,
+    /// How long aggregates whose row was nacked wait: grows while batches keep being nacked,
+    /// starts again after a batch without a nack.
+    nack_backoff: Box<dyn Iterator<Item = Duration> + Send>,
     /// After a wake-up whose read found nothing, read again shortly: a notification can
     /// arrive before the row is visible to other sessions.
     rechecks: u8,
@@ -134,6 +143,7 @@ impl Publisher {
             blocked: HashMap::new(),
             db_backoff: Box::new(backoff()),
             broker_backoff: Box::new(backoff()),
+            nack_backoff: Box::new(backoff()),
             rechecks: 0,
         }
         .run()
@@ -287,11 +297,10 @@ impl Publisher {
                     }
                 }
                 Ok(_) => {
-                    let reason = "the broker refused the message (nack)";
-                    trace_context::fail(&span, reason);
+                    trace_context::fail(&span, "the broker refused the message (nack)");
                     queues.remove(&key);
                     out.unfinished.insert(key.clone());
-                    out.nacked.push((row, reason.to_owned()));
+                    out.busy.push(row);
                 }
                 Err(e) => {
                     trace_context::fail(&span, e.to_string());
@@ -424,6 +433,7 @@ impl Run<'_> {
             for (row, reason) in out.nacked {
                 self.retry_later(row, reason).await;
             }
+            self.wait_out_nacks(out.busy);
             if let Some(reason) = out.broken {
                 Self::drop_connection(p, conn, &reason).await;
                 continue;
@@ -627,7 +637,7 @@ impl Run<'_> {
         }
     }
 
-    /// A row the broker refused: retried after a backoff that grows with its attempts (its
+    /// A row the broker returned: retried after a backoff that grows with its attempts (its
     /// aggregate waits), dead-lettered after `max_attempts`.
     async fn retry_later(&mut self, row: OutboxRow, reason: String) {
         let p = self.publisher;
@@ -647,6 +657,27 @@ impl Run<'_> {
             tracing::warn!(event_id = %row.event_id, attempts, ?delay, %reason, "broker refused the event; will retry");
             self.blocked
                 .insert((row.aggregate_type, row.aggregate_id), Instant::now() + delay);
+        }
+    }
+
+    /// Rows the broker nacked wait (their aggregates with them) and are published again, as
+    /// often as it takes; the wait grows while batches keep being nacked.
+    fn wait_out_nacks(&mut self, busy: Vec<OutboxRow>) {
+        if busy.is_empty() {
+            self.nack_backoff = Box::new(backoff());
+            return;
+        }
+        let delay = self.nack_backoff.next().unwrap_or(Duration::from_secs(10));
+        metrics::counter!("relay_retries_total", "dependency" => "rabbitmq").increment(busy.len() as u64);
+        tracing::warn!(
+            rows = busy.len(),
+            first = %busy[0].event_id,
+            ?delay,
+            "the broker nacked rows (a full queue, or a queue without a leader); they will be published again"
+        );
+        let until = Instant::now() + delay;
+        for row in busy {
+            self.blocked.insert((row.aggregate_type, row.aggregate_id), until);
         }
     }
 

@@ -42,7 +42,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// `RELAY_LEASE_TTL`: how long a partition lease lasts without renewal.
     pub lease_ttl: Duration,
-    /// `RELAY_MAX_ATTEMPTS`: refusals by the broker before a row is dead-lettered.
+    /// `RELAY_MAX_ATTEMPTS`: returns of a message no queue is bound for before its row is
+    /// dead-lettered (nacks are retried for as long as they last).
     pub max_attempts: i32,
     /// `RELAY_BREAKER_FAILURES`: consecutive failures that open a circuit breaker.
     pub breaker_failures: u32,
@@ -263,7 +264,7 @@ pub const HELP: &[Setting] = &[
     Setting {
         name: "RELAY_MAX_ATTEMPTS",
         default: "5",
-        about: "broker refusals before a row is dead-lettered",
+        about: "returns (no queue bound) before a row is dead-lettered",
     },
     Setting {
         name: "RELAY_BREAKER_FAILURES",
