@@ -6,8 +6,9 @@
 //!   (a Lua script in Redis), so a slow reader filling the cache with what it read before an
 //!   update can never overwrite the projector's newer entry.
 //! - **In-process tier** (`local`). A request that needs a Redis round trip tops out near
-//!   half of what the HTTP stack alone can serve (LIMITS.md); entries kept in memory are
-//!   invalidated by the same notifications that drive read-your-writes, and an invalidation
+//!   half of what the HTTP stack alone can serve (on a 2-core machine, about 46k against 100k
+//!   requests/s); entries kept in memory are invalidated by the same notifications that drive
+//!   read-your-writes, and an invalidation
 //!   leaves a *floor* (the announced version), so an older entry can not be put back afterwards.
 //! - **Single flight** (`views`). Concurrent misses of one key share one Redis read and at
 //!   most one PostgreSQL read.
