@@ -56,24 +56,11 @@ impl FromRef<AdminState> for AdminGate {
 
 /// `/admin` and its actions; with `None` (no `JWT_SECRET`), the page that says it is off.
 pub fn router(state: Option<AdminState>) -> Router {
-    let Some(state) = state else {
-        return admin::disabled();
-    };
-    Router::new()
-        .route("/admin", get(dashboard))
-        .route("/admin/dead-letters/{id}/replay", post(replay))
-        .route("/admin/dead-letters/{id}/discard", post(discard))
-        .merge(admin::session_routes())
-        .with_state(state)
+    admin::dead_letter_page(state, get(dashboard), post(replay), post(discard))
 }
 
-/// What the last action did, carried through the redirect back to the page.
-#[derive(Debug, Default, serde::Deserialize)]
-struct Done {
-    replayed: Option<String>,
-    discarded: Option<String>,
-    missing: Option<String>,
-}
+/// What the last action did.
+type Done = admin::Done<String>;
 
 /// The broker's part of the page.
 struct Broker {

@@ -22,7 +22,7 @@ use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use hmac::{Hmac, Mac};
 use maud::{DOCTYPE, Markup, html};
 use sha2::Sha256;
@@ -259,6 +259,38 @@ where
         HeaderValue::from_static("ordering_admin=; HttpOnly; SameSite=Strict; Path=/admin; Max-Age=0"),
     );
     res
+}
+
+/// What the last action of an admin page did, carried through the redirect back to it
+/// (`/admin?replayed=<id>`, `?discarded=<id>`, `?missing=<id>`): post/redirect/get.
+#[derive(Debug, serde::Deserialize)]
+pub struct Done<Id> {
+    pub replayed: Option<Id>,
+    pub discarded: Option<Id>,
+    pub missing: Option<Id>,
+}
+
+/// A service's admin page: `page` at `/admin`, `replay` and `discard` of dead letter `{id}`,
+/// sign-in and sign-out; with `None` (no `JWT_SECRET`), the page that says it is off.
+pub fn dead_letter_page<S>(
+    state: Option<S>,
+    page: MethodRouter<S>,
+    replay: MethodRouter<S>,
+    discard: MethodRouter<S>,
+) -> Router
+where
+    S: Clone + Send + Sync + 'static,
+    AdminGate: FromRef<S>,
+{
+    let Some(state) = state else {
+        return disabled();
+    };
+    Router::new()
+        .route(BASE, page)
+        .route("/admin/dead-letters/{id}/replay", replay)
+        .route("/admin/dead-letters/{id}/discard", discard)
+        .merge(session_routes())
+        .with_state(state)
 }
 
 /// `/admin` and everything under it when the pages are off: 404 saying how to turn them on.
