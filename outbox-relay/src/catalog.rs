@@ -21,6 +21,10 @@ pub const RELAY: &[Metric] = &[
         "Failures retried, by dependency (postgres, rabbitmq).",
     )
     .series(&[&[("dependency", "postgres")], &[("dependency", "rabbitmq")]]),
+    Metric::counter(
+        "relay_broker_reconnects_total",
+        "Connections to the broker opened again after one was lost or given up.",
+    ),
     Metric::counter("relay_dead_lettered_total", "Outbox rows moved to the dead letters."),
     Metric::counter(
         "relay_cleaned_rows_total",

@@ -7,6 +7,10 @@
 //! publishes, a quorum queue or stream without a leader while a cluster node is lost), so it is
 //! retried for as long as that lasts, with a backoff, and never dead-lettered: a row is only
 //! given up for what is wrong with it or with the topology, never for the broker's state.
+//! Nacks that go on for `NACK_ROUNDS_BEFORE_RECONNECT` batches in a row also reopen the
+//! connection (on the next node of `AMQP_URL`): a RabbitMQ 3.10 channel can keep publishing to
+//! the dead leader of a stream after a failover it missed, and then nacks everything it is
+//! given until it is closed, while a new channel reads the queue's current leader.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -97,6 +101,11 @@ fn backoff() -> impl Iterator<Item = Duration> {
     backoff::endless(Duration::from_millis(100), Duration::from_secs(10)).build()
 }
 
+/// Batches in a row with nacked rows after which the connection is reopened (and again after
+/// as many more): a few rounds ride out a leader election, which a new channel would not speed
+/// up; more than that suggests a channel with a stale view of a queue.
+const NACK_ROUNDS_BEFORE_RECONNECT: u32 = 3;
+
 /// A batch read from the outbox, ready to publish.
 struct Batch {
     rows: Vec<OutboxRow>,
@@ -124,6 +133,10 @@ struct Run<'a> {
     /// How long aggregates whose row was nacked wait: grows while batches keep being nacked,
     /// starts again after a batch without a nack.
     nack_backoff: Box<dyn Iterator<Item = Duration> + Send>,
+    /// Whether a connection was opened before (the next one is a reconnect).
+    connected_before: bool,
+    /// Batches in a row that had rows nacked.
+    nacked_rounds: u32,
     /// After a wake-up whose read found nothing, read again shortly: a notification can
     /// arrive before the row is visible to other sessions.
     rechecks: u8,
@@ -144,6 +157,8 @@ impl Publisher {
             db_backoff: Box::new(backoff()),
             broker_backoff: Box::new(backoff()),
             nack_backoff: Box::new(backoff()),
+            connected_before: false,
+            nacked_rounds: 0,
             rechecks: 0,
         }
         .run()
@@ -433,8 +448,8 @@ impl Run<'_> {
             for (row, reason) in out.nacked {
                 self.retry_later(row, reason).await;
             }
-            self.wait_out_nacks(out.busy);
-            if let Some(reason) = out.broken {
+            let stale_channel = self.wait_out_nacks(out.busy);
+            if let Some(reason) = out.broken.or(stale_channel) {
                 Self::drop_connection(p, conn, &reason).await;
                 continue;
             }
@@ -494,6 +509,9 @@ impl Run<'_> {
         match broker::connect(&p.amqp_url, &p.topology).await {
             Ok(c) => {
                 tracing::info!(exchange = %p.topology.exchange, node = %c.node, "connected to the broker");
+                if std::mem::replace(&mut self.connected_before, true) {
+                    metrics::counter!("relay_broker_reconnects_total").increment(1);
+                }
                 p.broker.success();
                 p.broker_up.store(true, Ordering::Relaxed);
                 self.broker_backoff = Box::new(backoff());
@@ -661,24 +679,34 @@ impl Run<'_> {
     }
 
     /// Rows the broker nacked wait (their aggregates with them) and are published again, as
-    /// often as it takes; the wait grows while batches keep being nacked.
-    fn wait_out_nacks(&mut self, busy: Vec<OutboxRow>) {
+    /// often as it takes; the wait grows while batches keep being nacked. Returns why the
+    /// connection should be reopened once nacks have gone on for too many batches in a row.
+    fn wait_out_nacks(&mut self, busy: Vec<OutboxRow>) -> Option<String> {
         if busy.is_empty() {
             self.nack_backoff = Box::new(backoff());
-            return;
+            self.nacked_rounds = 0;
+            return None;
         }
+        self.nacked_rounds += 1;
         let delay = self.nack_backoff.next().unwrap_or(Duration::from_secs(10));
         metrics::counter!("relay_retries_total", "dependency" => "rabbitmq").increment(busy.len() as u64);
         tracing::warn!(
             rows = busy.len(),
             first = %busy[0].event_id,
             ?delay,
+            rounds = self.nacked_rounds,
             "the broker nacked rows (a full queue, or a queue without a leader); they will be published again"
         );
         let until = Instant::now() + delay;
         for row in busy {
             self.blocked.insert((row.aggregate_type, row.aggregate_id), until);
         }
+        (self.nacked_rounds % NACK_ROUNDS_BEFORE_RECONNECT == 0).then(|| {
+            format!(
+                "{} batches in a row had rows nacked: a new channel reads the queues' current leaders",
+                self.nacked_rounds
+            )
+        })
     }
 
     /// Gives up a connection whose channel failed; the next turn reconnects.

@@ -2,7 +2,8 @@
 //! several nodes: `rabbitmq-server` nodes with node names of their own (unique per run), free
 //! ports, data directories in a temporary directory and a cookie of their own (so they can
 //! never reach the machine's `rabbit@localhost`), joined with `rabbitmqctl join_cluster`.
-//! Dropping the cluster kills every node (also when a test panics) and removes the directories.
+//! Dropping the cluster kills every node (also when a test panics) and removes the directories
+//! (after a panic it keeps them, for the nodes' logs).
 //!
 //! Each node reads a config file of its own: the machine's `/etc/rabbitmq` files would put it
 //! on port 5672 and name it `rabbit@localhost`. The CLI is run directly (not the `su rabbitmq`
@@ -286,7 +287,12 @@ impl Drop for RabbitCluster {
         for i in 0..self.nodes.len() {
             self.kill9(i);
         }
-        let _ = std::fs::remove_dir_all(&self.base);
+        if std::thread::panicking() {
+            // The nodes' logs say what the broker made of the failure.
+            eprintln!("[rabbit cluster] logs kept in {}", self.base.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
     }
 }
 

@@ -157,6 +157,12 @@ async fn broker_nacks_are_retried_until_the_broker_takes_them_never_dead_lettere
         "",
         "a nacked row was dead-lettered"
     );
+    // Nacks that go on reopen the connection (a channel can hold a stale view of a queue).
+    let reconnects = |text: &str| sample(text, "relay_broker_reconnects_total", &[]);
+    wait_until("the relay to reconnect after nacks in a row", WAIT, || async {
+        reconnects(&relay.metrics().await).is_some_and(|n| n >= 1.0)
+    })
+    .await;
     // The nacked event may have reached the consumer's queue (a nack says nothing about other
     // queues), but nothing after it in its aggregate was published.
     assert!(!got.event_ids().contains(&n[2]));
