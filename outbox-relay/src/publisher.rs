@@ -701,12 +701,14 @@ impl Run<'_> {
         for row in busy {
             self.blocked.insert((row.aggregate_type, row.aggregate_id), until);
         }
-        (self.nacked_rounds % NACK_ROUNDS_BEFORE_RECONNECT == 0).then(|| {
-            format!(
-                "{} batches in a row had rows nacked: a new channel reads the queues' current leaders",
-                self.nacked_rounds
-            )
-        })
+        self.nacked_rounds
+            .is_multiple_of(NACK_ROUNDS_BEFORE_RECONNECT)
+            .then(|| {
+                format!(
+                    "{} batches in a row had rows nacked: a new channel reads the queues' current leaders",
+                    self.nacked_rounds
+                )
+            })
     }
 
     /// Gives up a connection whose channel failed; the next turn reconnects.
