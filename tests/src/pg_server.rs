@@ -81,6 +81,12 @@ fn pid_alive(pid: u32) -> bool {
 impl PgServer {
     /// Makes a cluster on a free port and starts it (about a second).
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// As [`Self::start`], with `settings` (lines of `postgresql.conf`, e.g.
+    /// `wal_level = logical`) added to the cluster's configuration.
+    pub fn start_with(settings: &str) -> Self {
         sweep_orphans();
         let bin = bin_dir();
         let as_postgres = running_as_root();
@@ -128,7 +134,7 @@ impl PgServer {
             // `synchronous_commit` stays on (off, a crash loses the last acknowledged commits).
             let conf = format!(
                 "\n# ordering tests\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-                 fsync = off\nmax_connections = 200\n",
+                 fsync = off\nmax_connections = 200\n{settings}\n",
                 server.port,
                 server.root.display()
             );

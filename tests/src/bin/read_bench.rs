@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
+use ordering_tests::figures;
 use ordering_tests::read_app::{ReadApp, ReadOptions, product, product_event};
 
 struct Figure {
@@ -26,6 +27,28 @@ struct Figure {
     /// CPU time (user + system) this process (the servers) spent per request: less
     /// sensitive than req/s to other load on the machine.
     cpu_us: f64,
+}
+
+impl Figure {
+    /// Hands the three figures of run `id` to the report; `raw` is the run it is a share of.
+    fn emit(&self, id: &str, label: &str, raw: Option<&str>, secs: u64) {
+        let rps = figures::Figure::new(format!("{id}.rps"), label, self.rps, "req/s")
+            .with("connections", 64)
+            .with("seconds", secs);
+        match raw {
+            Some(raw) => rps.of(format!("{raw}.rps")),
+            None => rps,
+        }
+        .emit();
+        figures::Figure::new(format!("{id}.latency_p99"), format!("{label}, p99"), self.p99_ms, "ms").emit();
+        figures::Figure::new(
+            format!("{id}.cpu_per_request"),
+            format!("{label}, CPU per request"),
+            self.cpu_us,
+            "us",
+        )
+        .emit();
+    }
 }
 
 /// User + system CPU seconds of this process so far (Linux; 0 elsewhere).
@@ -166,6 +189,7 @@ async fn http(secs: u64) -> anyhow::Result<()> {
         "minimal axum, fixed body           {:>9.0} req/s  p99 {:>6.2} ms  {:>5.1} us CPU/req",
         ceiling.rps, ceiling.p99_ms, ceiling.cpu_us
     );
+    ceiling.emit("raw.axum_fixed", "bare axum, fixed body", None, secs);
     let c = wrk(&cached_url, secs)?;
     println!(
         "GET product, cached (local+Redis)  {:>9.0} req/s  p99 {:>6.2} ms  {:>5.1} us CPU/req  = {:.0}% of minimal axum (target >= 70%)",
@@ -173,6 +197,12 @@ async fn http(secs: u64) -> anyhow::Result<()> {
         c.p99_ms,
         c.cpu_us,
         100.0 * c.rps / ceiling.rps
+    );
+    c.emit(
+        "read.cached",
+        "GET product, cached (local + Redis)",
+        Some("raw.axum_fixed"),
+        secs,
     );
     drop(cached);
 
@@ -184,6 +214,12 @@ async fn http(secs: u64) -> anyhow::Result<()> {
         r.p99_ms,
         r.cpu_us,
         100.0 * r.rps / ceiling.rps
+    );
+    r.emit(
+        "read.redis_only",
+        "GET product, Redis tier only",
+        Some("raw.axum_fixed"),
+        secs,
     );
     drop(redis_only);
 
@@ -200,6 +236,7 @@ async fn http(secs: u64) -> anyhow::Result<()> {
         d.cpu_us,
         100.0 * d.rps / c.rps
     );
+    d.emit("read.redis_down", "GET product, Redis down", Some("read.cached"), secs);
     drop(redis_down);
     let (pg_only, url, _) = product_app(down, false).await?;
     let g = wrk(&url, secs)?;
@@ -209,6 +246,12 @@ async fn http(secs: u64) -> anyhow::Result<()> {
         g.p99_ms,
         g.cpu_us,
         100.0 * g.rps / c.rps
+    );
+    g.emit(
+        "read.postgres_only",
+        "GET product, Redis down, no local tier",
+        Some("read.cached"),
+        secs,
     );
     drop(pg_only);
     Ok(())
@@ -329,6 +372,15 @@ async fn projector() -> anyhow::Result<()> {
         applied.as_secs_f64(),
         n as f64 / applied.as_secs_f64()
     );
+    figures::Figure::new(
+        "read.projector.live",
+        "projector, live",
+        n as f64 / applied.as_secs_f64(),
+        "events/s",
+    )
+    .with("events", n)
+    .with("publish_rate", (n as f64 / published.as_secs_f64()).round())
+    .emit();
     drop(app);
 
     // ...and its own ceiling: the same events queued first, then drained.
@@ -346,6 +398,16 @@ async fn projector() -> anyhow::Result<()> {
         app.settings.prefetch,
         app.settings.workers
     );
+    figures::Figure::new(
+        "read.projector.backlog",
+        "projector, queued backlog",
+        n as f64 / drained.as_secs_f64(),
+        "events/s",
+    )
+    .with("events", n)
+    .with("prefetch", app.settings.prefetch)
+    .with("workers", app.settings.workers)
+    .emit();
     drop(app);
     mixed().await
 }
@@ -407,11 +469,9 @@ async fn mixed() -> anyhow::Result<()> {
     loop {
         let row = &app.query_json(check).await[0];
         let done = (row["p"].as_i64(), row["o"].as_i64(), row["r"].as_i64());
-        // Every extra copy is ignored and counted once.
-        let ignored = counter("read_events_duplicates_ignored_total") - dups_before;
-        if done == (Some(products as i64), Some(orders as i64), Some(want_revisions))
-            && ignored as usize >= total - bodies.len()
-        {
+        // Exact views prove that no copy was applied twice. Not every copy counts as an ignored
+        // duplicate: a copy of an event parked behind a gap is parked over its twin.
+        if done == (Some(products as i64), Some(orders as i64), Some(want_revisions)) {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "mixed backlog not applied correctly: {row}");
@@ -436,5 +496,13 @@ async fn mixed() -> anyhow::Result<()> {
         counter("read_events_duplicates_ignored_total") - dups_before,
         counter("read_events_gaps_held_total") - gaps_before,
     );
+    figures::Figure::new(
+        "read.projector.mixed",
+        "projector, mixed backlog",
+        total as f64 / drained.as_secs_f64(),
+        "events/s",
+    )
+    .with("events", total)
+    .emit();
     Ok(())
 }

@@ -9,6 +9,10 @@
 //!
 //! `relay-bench lag RATE...` runs only (c) at the given rates; `relay-bench drain N...` only
 //! (a) and (b), with N instances for each N given (e.g. `drain 1 2 4`).
+//!
+//! With `RELAY_BENCH_HISTORY_ROWS=N` set, each outbox first gets N rows sent over the last 7.5
+//! days (the retention is 7) and the relays run their cleanup every 30 s, so drain and lag are
+//! measured with a history and a cleanup at work (`bench growth` compares N = 0 with millions).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,9 +26,10 @@ use hdrhistogram::Histogram;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use ordering_tests::figures::Figure;
 use ordering_tests::process::ServiceProcess;
 use ordering_tests::relay::broker::{AMQP_URL, TestExchange};
-use ordering_tests::relay::outbox::{SteadyWriter, insert_events, unsent};
+use ordering_tests::relay::outbox::{SteadyWriter, insert_events, insert_sent_history, unsent};
 use ordering_tests::relay::process::{RelayEnv, spawn_relay};
 use ordering_tests::relay::wait_until;
 use ordering_tests::test_db::TestDatabase;
@@ -47,64 +52,95 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if matches!(args.as_slice(), [cmd, ..] if cmd == "lag") {
         for rate in &args[1..] {
-            report_lag(rate.parse()?, LAG_AGGREGATES).await?;
-        }
-        return Ok(());
-    }
-    // `relay-bench drain N...`: only (a) and (b), with N instances for each N given.
-    if matches!(args.as_slice(), [cmd, ..] if cmd == "drain") {
-        let payload_len = sample_payload_len().await;
-        for n in &args[1..] {
-            let n: usize = n.parse()?;
-            let raw = raw_publish(payload_len).await?;
-            println!("(a) raw lapin, confirms, window {WINDOW}: {raw:.0} msgs/s");
-            let rate = drain(n).await?;
-            println!(
-                "(b) relay, {n} instance(s), {ROWS} rows: {rate:.0} msgs/s = {:.0}% of raw",
-                rate / raw * 100.0
-            );
+            report_lag(rate.parse()?, LAG_AGGREGATES, "asked").await?;
         }
         return Ok(());
     }
     let payload_len = sample_payload_len().await;
     println!("message size: {payload_len} B persistent, window {WINDOW}");
-    // The machine is shared and runs differ: the raw limit is measured again right before
-    // each relay run, and each ratio is taken against the raw figure next to it.
-    let raw1 = raw_publish(payload_len).await?;
-    println!("(a) raw lapin, confirms, window {WINDOW}: {raw1:.0} msgs/s");
-    let one = drain(1).await?;
-    println!(
-        "(b) relay, 1 instance, {ROWS} rows: {one:.0} msgs/s = {:.0}% of raw",
-        one / raw1 * 100.0
-    );
-    let raw2 = raw_publish(payload_len).await?;
-    println!("(a) raw lapin, confirms, window {WINDOW}: {raw2:.0} msgs/s");
-    let two = drain(2).await?;
-    println!(
-        "(b) relay, 2 instances, {ROWS} rows: {two:.0} msgs/s = {:.0}% of raw",
-        two / raw2 * 100.0
-    );
-    // Half the relay's maximum, as asked, and lower rates: on two cores the writers, PostgreSQL,
-    // the relay, the broker and the consumer share the CPU, so the sweep shows where lag turns
-    // from round trips into queueing.
-    for divisor in [8.0, 4.0, 2.0] {
-        report_lag((one / divisor).round(), LAG_AGGREGATES).await?;
+    // `relay-bench drain N...`: only (a) and (b), with N instances for each N given.
+    if matches!(args.as_slice(), [cmd, ..] if cmd == "drain") {
+        for n in &args[1..] {
+            drain_against_raw(n.parse()?, payload_len).await?;
+        }
+        return Ok(());
+    }
+    let one = drain_against_raw(1, payload_len).await?;
+    drain_against_raw(2, payload_len).await?;
+    // 100 rows/s (the rate the peer is measured at), half the relay's maximum, as asked, and
+    // rates between: on two cores the writers, PostgreSQL, the relay, the broker and the
+    // consumer share the CPU, so the sweep shows where lag turns from round trips into queueing.
+    // The latency targets read the quarter: the highest rate that leaves CPU to spare (at half,
+    // the two cores saturate).
+    for (rate, role) in [
+        (100.0, "peer_rate"),
+        ((one / 8.0).round(), "sweep"),
+        ((one / 4.0).round(), "target"),
+        ((one / 2.0).round(), "half_of_max"),
+    ] {
+        report_lag(rate, LAG_AGGREGATES, role).await?;
     }
     // The same half rate on 20 hot aggregates: each may have one message awaiting its confirm
     // (the price of per-aggregate order), so one aggregate's rate is capped by the confirm
     // round trip and lag turns into queueing.
-    report_lag((one / 2.0).round(), 20).await?;
+    report_lag((one / 2.0).round(), 20, "hot_aggregates").await?;
     Ok(())
 }
 
-/// Runs (c) at `rate` over `aggregates` aggregates and prints the figures, with the insert
-/// rate the writers achieved.
-async fn report_lag(rate: f64, aggregates: i32) -> anyhow::Result<()> {
-    let (p50, p99, max, n) = lag(rate, aggregates).await?;
+/// (a) then (b) with `instances` relays: the machine is shared and runs differ, so the raw
+/// limit is measured again right before each relay run and the ratio taken against it.
+/// Returns the relays' rate.
+async fn drain_against_raw(instances: usize, payload_len: usize) -> anyhow::Result<f64> {
+    let raw = raw_publish(payload_len).await?;
+    println!("(a) raw lapin, confirms, window {WINDOW}: {raw:.0} msgs/s");
+    let raw_id = format!("raw.lapin_confirms.before_relays{instances}");
+    Figure::new(&raw_id, "raw lapin publishing, confirms windowed", raw, "msgs/s")
+        .with("window", WINDOW)
+        .with("payload_bytes", payload_len)
+        .with("queues", "topic exchange + stream")
+        .emit();
+    let rate = drain(instances).await?;
     println!(
-        "(c) end-to-end lag at {rate:.0} rows/s asked, {:.0} achieved, over {aggregates} aggregates ({n} events measured): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
-        n as f64 / 9.0
+        "(b) relay, {instances} instance(s), {ROWS} rows: {rate:.0} msgs/s = {:.0}% of raw",
+        rate / raw * 100.0
     );
+    Figure::new(
+        format!("relay.drain.relays{instances}"),
+        format!("relay drain, {instances} instance(s)"),
+        rate,
+        "rows/s",
+    )
+    .of(raw_id)
+    .with("rows", ROWS)
+    .with("aggregates", AGGREGATES)
+    .with("instances", instances)
+    .emit();
+    Ok(rate)
+}
+
+/// Runs (c) at `rate` over `aggregates` aggregates and prints the figures, with the insert
+/// rate the writers achieved; `role` says why this rate was chosen.
+async fn report_lag(rate: f64, aggregates: i32, role: &str) -> anyhow::Result<()> {
+    let (p50, p99, max, n) = lag(rate, aggregates).await?;
+    let achieved = n as f64 / 9.0;
+    println!(
+        "(c) end-to-end lag at {rate:.0} rows/s asked, {achieved:.0} achieved, over {aggregates} aggregates ({n} events measured): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
+    );
+    for (q, v) in [("p50", p50), ("p99", p99), ("max", max)] {
+        Figure::new(
+            format!("relay.lag.{q}.rate{rate:.0}.aggregates{aggregates}"),
+            format!("commit to delivery, {q}, {rate:.0} rows/s over {aggregates} aggregates"),
+            v,
+            "ms",
+        )
+        .with("rate_asked", rate)
+        .with("rate_achieved", achieved.round())
+        .with("aggregates", aggregates)
+        .with("quantile", q)
+        .with("events", n)
+        .with("role", role)
+        .emit();
+    }
     Ok(())
 }
 
@@ -164,6 +200,39 @@ async fn raw_publish(size: usize) -> anyhow::Result<f64> {
     Ok(f64::from(ROWS) / started.elapsed().as_secs_f64())
 }
 
+/// `RELAY_BENCH_HISTORY_ROWS`, if set.
+fn history_rows() -> Option<i64> {
+    std::env::var("RELAY_BENCH_HISTORY_ROWS").ok()?.parse().ok()
+}
+
+/// With a history, the cleanup runs every 30 s (its default is every 5 minutes).
+fn with_history_settings(env: RelayEnv) -> RelayEnv {
+    match history_rows() {
+        Some(_) => env.set("OUTBOX_CLEANUP_CRON", "*/30 * * * * *"),
+        None => env,
+    }
+}
+
+/// Fills the outbox with `RELAY_BENCH_HISTORY_ROWS` sent rows, if set (the relays are running:
+/// their schema is in place and they idle, as nothing is unsent).
+async fn put_history(db: &TestDatabase) {
+    let Some(rows) = history_rows().filter(|n| *n > 0) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut c = db.conn().await;
+    insert_sent_history(&mut c, "outbox", rows, PAD, 7.5, |done| {
+        if done % 2_000_000 == 0 || done == rows {
+            eprintln!("history: {done} of {rows} sent rows in {:.0?}", started.elapsed());
+        }
+    })
+    .await;
+    println!(
+        "history: {rows} sent rows over 7.5 days put in the outbox in {:.0?}",
+        started.elapsed()
+    );
+}
+
 #[derive(QueryableByName)]
 struct Span {
     #[diesel(sql_type = Double)]
@@ -175,13 +244,16 @@ struct Span {
 async fn drain(instances: usize) -> anyhow::Result<f64> {
     let db = TestDatabase::new().await;
     let ex = TestExchange::new().await;
-    let env = RelayEnv::new(db.url(), &ex.name)
-        .set("RUST_LOG", "warn")
-        .set("RELAY_WINDOW", &WINDOW.to_string());
+    let env = with_history_settings(
+        RelayEnv::new(db.url(), &ex.name)
+            .set("RUST_LOG", "warn")
+            .set("RELAY_WINDOW", &WINDOW.to_string()),
+    );
     let relays: Vec<ServiceProcess> = (0..instances).map(|_| spawn_relay(&env)).collect();
     for r in &relays {
         r.wait_ready_status(200, Duration::from_secs(30)).await;
     }
+    put_history(&db).await;
     // Let the leases settle so every instance holds its share before the rows appear.
     wait_until("leases shared", Duration::from_secs(30), || async {
         #[derive(QueryableByName)]
@@ -212,7 +284,9 @@ async fn drain(instances: usize) -> anyhow::Result<f64> {
     })
     .await;
     let span: Span =
-        diesel::sql_query("SELECT extract(epoch FROM max(sent_at) - min(sent_at))::float8 AS secs FROM outbox")
+        diesel::sql_query(
+            "SELECT extract(epoch FROM max(sent_at) - min(sent_at))::float8 AS secs FROM outbox WHERE aggregate_id LIKE 'agg-%'",
+        )
             .get_result(&mut c)
             .await?;
     drop(relays);
@@ -224,9 +298,10 @@ async fn drain(instances: usize) -> anyhow::Result<f64> {
 async fn lag(rate: f64, aggregates: i32) -> anyhow::Result<(f64, f64, f64, usize)> {
     let db = TestDatabase::new().await;
     let ex = TestExchange::new().await;
-    let env = RelayEnv::new(db.url(), &ex.name).set("RUST_LOG", "warn");
+    let env = with_history_settings(RelayEnv::new(db.url(), &ex.name).set("RUST_LOG", "warn"));
     let relay = spawn_relay(&env);
     relay.wait_ready_status(200, Duration::from_secs(30)).await;
+    put_history(&db).await;
     let delivered: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
     // The consumer.
     let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;

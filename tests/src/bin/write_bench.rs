@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use diesel_async::RunQueryDsl;
 use hdrhistogram::Histogram;
+use ordering_tests::figures::Figure;
 use ordering_tests::test_db::TestDatabase;
 use ordering_tests::write_app::{SECRET, customer_token};
 use serde_json::json;
@@ -65,6 +66,38 @@ async fn main() -> anyhow::Result<()> {
             raw.p99_ms,
             100.0 * http.tps / raw.tps
         );
+        for (side, f, raw_id) in [
+            ("raw.pgbench", &raw, None),
+            ("write.http", &http, Some(format!("raw.pgbench.tps.c{clients}"))),
+        ] {
+            let who = if raw_id.is_some() {
+                "write-api over HTTP"
+            } else {
+                "pgbench, same SQL"
+            };
+            let tps = Figure::new(
+                format!("{side}.tps.c{clients}"),
+                format!("place order, {who}"),
+                f.tps,
+                "tps",
+            );
+            let tps = match raw_id {
+                Some(raw_id) => tps.of(raw_id),
+                None => tps,
+            };
+            tps.with("clients", clients).with("seconds", seconds).emit();
+            for (q, v) in [("p50", f.p50_ms), ("p99", f.p99_ms)] {
+                Figure::new(
+                    format!("{side}.latency_{q}.c{clients}"),
+                    format!("place order {q}, {who}"),
+                    v,
+                    "ms",
+                )
+                .with("clients", clients)
+                .with("quantile", q)
+                .emit();
+            }
+        }
     }
     server.kill().ok();
     server.wait().ok();

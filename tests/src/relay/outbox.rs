@@ -2,7 +2,7 @@
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 /// Inserts `per_aggregate` events for each of `aggregates` aggregates named `<prefix><n>`,
 /// sequences 1.. in order, interleaved across aggregates, payloads padded to about `pad`
@@ -41,6 +41,44 @@ pub async fn insert_events(
     .await
     .expect("insert outbox rows");
     rows.into_iter().map(|r| r.event_id).collect()
+}
+
+/// Puts `rows` rows that were sent long ago into `table`: the history a busy outbox holds until
+/// cleanup deletes it, created (and sent 5 ms later) at random over the last `days` days, over
+/// 100,000 aggregates, in statements of 250,000 rows (`progress` gets the rows done so far).
+/// Then `VACUUM ANALYZE`, as autovacuum would have by then.
+pub async fn insert_sent_history(
+    conn: &mut AsyncPgConnection,
+    table: &str,
+    rows: i64,
+    pad: i32,
+    days: f64,
+    mut progress: impl FnMut(i64),
+) {
+    const CHUNK: i64 = 250_000;
+    let mut done = 0;
+    while done < rows {
+        let n = CHUNK.min(rows - done);
+        diesel::sql_query(format!(
+            "INSERT INTO {table} (event_id, aggregate_type, aggregate_id, sequence, event_type, payload, headers, created_at, sent_at) \
+             SELECT gen_random_uuid(), 'order', 'hist-' || (s % 100000), s, 'order.placed', \
+               jsonb_build_object('specversion', '1.0', 'type', 'ordering.order.placed.v1', 'sequence', s, \
+                 'data', jsonb_build_object('pad', repeat('x', $1))), '{{}}', t, t + interval '5 ms' \
+             FROM (SELECT s, now() - $2 * interval '1 day' * random() AS t FROM generate_series($3, $4) s) h"
+        ))
+        .bind::<Integer, _>(pad)
+        .bind::<diesel::sql_types::Double, _>(days)
+        .bind::<BigInt, _>(done + 1)
+        .bind::<BigInt, _>(done + n)
+        .execute(conn)
+        .await
+        .expect("insert sent history");
+        done += n;
+        progress(done);
+    }
+    conn.batch_execute(&format!("VACUUM ANALYZE {table}"))
+        .await
+        .expect("vacuum the history");
 }
 
 /// One stored row, as the tests compare it with what arrived.
