@@ -39,6 +39,7 @@ const DEFAULTS = {
   // Package settings; undefined = use the package's own default (see FINDINGS.md)
   batch: undefined, interval: undefined, lock: undefined,
   concurrency: undefined, // message.concurrency: 'sequential' (package default) or 'parallel'
+  notfoundRetry: 0,     // opt-in workaround (see FINDINGS.md): retry the package's row-lock SELECT N times if it sees no row
   payloadBytes: 600, logLevel: 'info',
 };
 const opts = { ...DEFAULTS };
@@ -54,7 +55,7 @@ for (let i = 0; i < argv.length; i++) {
   if (!(key in DEFAULTS)) die(`unknown flag --${m[1]}`);
   opts[key] = m[2] ?? argv[++i];
 }
-for (const k of ['rate', 'seconds', 'rows', 'grace', 'drainTimeout', 'dupWait', 'lateWait', 'batch', 'interval', 'lock', 'payloadBytes'])
+for (const k of ['rate', 'seconds', 'rows', 'grace', 'drainTimeout', 'dupWait', 'lateWait', 'batch', 'interval', 'lock', 'payloadBytes', 'notfoundRetry'])
   if (opts[k] !== undefined) opts[k] = Number(opts[k]);
 if (!opts.pg) die('--pg <postgres url> is required');
 if (!['polling', 'logical'].includes(opts.mode)) die('--mode must be polling or logical');
@@ -200,17 +201,53 @@ async function setupRabbit() {
   return { handle: async (message) => publish(message) };
 }
 
+// Opt-in workaround for the logical listener's lost-row race (FINDINGS.md):
+// the WAL change can reach us before the producer's commit is visible to a new
+// snapshot, so the package's `SELECT ... FOR NO KEY UPDATE NOWAIT` finds no row,
+// logs MESSAGE_NOT_FOUND, and the LSN is acked anyway. 0.5.7 has no knob for
+// this (upstream 0.6.0 added maxMessageNotFoundAttempts, default 0), so we hand
+// the package DB clients whose lock query is retried a few times, 10 ms apart.
+let notfoundRetries = 0;
+function retryingDbClientStrategy() {
+  const pool = new pg.Pool({ connectionString: opts.pg });
+  pool.on('error', (e) => log('handler pool error', e.message));
+  return {
+    getClient: async () => {
+      const client = await pool.connect();
+      if (!client.__retryWrapped) {
+        client.on('error', (e) => log('handler client error', e.message));
+        const query = client.query.bind(client);
+        client.query = async (text, values) => {
+          let r = await query(text, values);
+          if (typeof text === 'string' && text.includes('FOR NO KEY UPDATE NOWAIT') && values) {
+            for (let i = 0; r.rowCount === 0 && i < opts.notfoundRetry; i++) {
+              notfoundRetries++;
+              await sleep(10);
+              r = await query(text, values); // READ COMMITTED: new statement = new snapshot
+            }
+          }
+          return r;
+        };
+        client.__retryWrapped = true;
+      }
+      return client;
+    },
+    shutdown: () => pool.end(),
+  };
+}
+
 function startListener(handler) {
   const dbListenerConfig = { connectionString: opts.pg };
+  const strategies = opts.notfoundRetry > 0 ? { messageProcessingDbClientStrategy: retryingDbClientStrategy() } : undefined;
   if (opts.mode === 'polling') {
     const settings = { ...baseSettings, nextMessagesFunctionSchema: schema, nextMessagesFunctionName: 'next_outbox_messages' };
     if (opts.batch !== undefined) settings.nextMessagesBatchSize = opts.batch;
     if (opts.interval !== undefined) settings.nextMessagesPollingIntervalInMs = opts.interval;
     if (opts.lock !== undefined) settings.nextMessagesLockInMs = opts.lock;
-    [state.shutdownListener] = initializePollingMessageListener({ outboxOrInbox: 'outbox', dbListenerConfig, settings }, handler, pkgLogger);
+    [state.shutdownListener] = initializePollingMessageListener({ outboxOrInbox: 'outbox', dbListenerConfig, settings }, handler, pkgLogger, strategies);
   } else {
     const settings = { ...baseSettings, dbPublication: publication, dbReplicationSlot: slot };
-    [state.shutdownListener] = initializeReplicationMessageListener({ outboxOrInbox: 'outbox', dbListenerConfig, settings }, handler, pkgLogger);
+    [state.shutdownListener] = initializeReplicationMessageListener({ outboxOrInbox: 'outbox', dbListenerConfig, settings }, handler, pkgLogger, strategies);
   }
   log(`listener started (${opts.mode})`);
 }
@@ -383,10 +420,11 @@ async function main() {
     params: { rate: opts.scenario === 'steady' ? opts.rate : undefined, seconds: opts.scenario === 'steady' ? opts.seconds : undefined,
       rows: opts.scenario === 'drain' ? opts.rows : undefined, grace_s: opts.grace, payload_bytes: JSON.stringify(makePayload(N, now())).length,
       batch_size: opts.batch ?? 'package default (5)', poll_interval_ms: opts.interval ?? 'package default (500)',
-      lock_ms: opts.lock ?? 'package default (5000)', message_concurrency: opts.concurrency ?? 'package default (sequential)' },
+      lock_ms: opts.lock ?? 'package default (5000)', message_concurrency: opts.concurrency ?? 'package default (sequential)',
+      notfound_retry: opts.notfoundRetry },
     ...figures,
     arrived, lost: figures.lost_within_grace ?? lostCount(), duplicated: duplicates, unknown_messages: unknown,
-    lost_seqs_sample: lostSeqs(), package_warnings: pkgWarnings,
+    lost_seqs_sample: lostSeqs(), package_warnings: pkgWarnings, notfound_retries_done: notfoundRetries,
     handler_calls: handlerCalls, publish_errors: publishErrors, db_rows: db,
     // The benchmark host is shared (Rust builds); record how loaded it was.
     host: { cpus: os.cpus().length, loadavg_start: loadStart.map((x) => +x.toFixed(2)), loadavg_end: os.loadavg().map((x) => +x.toFixed(2)) },
@@ -395,10 +433,21 @@ async function main() {
   return result;
 }
 
+// Cleanup must run at most once, also when we are killed (SIGINT/SIGTERM):
+// otherwise the RabbitMQ queue/exchange and the replication slot are left behind.
+let cleaning;
+const cleanupOnce = () => (cleaning ??= cleanup());
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.once(sig, async () => {
+    log(`received ${sig}, cleaning up`);
+    const errs = await cleanupOnce();
+    process.stderr.write(`run.mjs: FAILED: interrupted by ${sig}${errs.length ? `; cleanup problems: ${errs.join('; ')}` : ''}\n`);
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  });
+}
 let result, failure;
-process.on('SIGINT', () => { failure = new Error('interrupted'); });
 try { result = await main(); } catch (e) { failure = e; }
-const cleanupErrors = await cleanup();
+const cleanupErrors = await cleanupOnce();
 if (cleanupErrors.length) log('cleanup problems:', cleanupErrors.join('; '));
 if (failure) {
   process.stderr.write(`run.mjs: FAILED: ${failure.stack ?? failure}\n`);

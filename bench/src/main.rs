@@ -53,6 +53,10 @@ struct RunArgs {
     /// Where the report goes.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Merge into today's report on this host, if there is one: the parts run now replace
+    /// theirs, the others stay (each part keeps its own conditions and time).
+    #[arg(long)]
+    merge: bool,
 }
 
 #[derive(Subcommand)]
@@ -77,7 +81,7 @@ enum Cmd {
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },
-    /// Draws the Markdown report and charts again from a report's JSON.
+    /// Judges the targets again and draws the Markdown report and charts from a report's JSON.
     Render { json: PathBuf },
 }
 
@@ -89,7 +93,8 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Soak { duration, rate, out }) => soak::run(parse_duration(&duration)?, rate, &out).await,
         Some(Cmd::Growth { rows, out }) => growth::run(rows, &out).await,
         Some(Cmd::Render { json }) => {
-            let report: Report = serde_json::from_slice(&std::fs::read(&json)?)?;
+            let mut report: Report = serde_json::from_slice(&std::fs::read(&json)?)?;
+            report.settle();
             let dir = json.parent().unwrap_or(Path::new("."));
             write_report(&report, dir)?;
             Ok(())
@@ -171,6 +176,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         overall.inc(1);
     }
     overall.finish_with_message("done");
+    if let Some(note) = postgres_note().await {
+        notes.push(note);
+    }
     let mut report = Report {
         date: started.format("%Y-%m-%d").to_string(),
         host: machine::host(),
@@ -182,11 +190,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         targets: Vec::new(),
         notes,
     };
+    if args.merge {
+        merge_earlier(&mut report, &args.out)?;
+    }
     report.settle();
     let stem = write_report(&report, &args.out)?;
     println!("\nTargets (printed, never asserted):");
     for t in &report.targets {
-        let got = t.got.map_or("not measured".to_owned(), report::number);
+        let got = match (t.got, t.rule.starts_with("share")) {
+            (Some(g), true) => format!("{:.0}%", g * 100.0),
+            (Some(g), false) => report::number(g),
+            (None, _) => "not measured".to_owned(),
+        };
         let verdict = match t.met {
             Some(true) => "met",
             Some(false) => "NOT met",
@@ -202,6 +217,45 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Adds to `report` the parts (and their figures and notes) of the earlier report with the
+/// same stem that `report` did not run again.
+fn merge_earlier(report: &mut Report, dir: &Path) -> anyhow::Result<()> {
+    let path = report.stem(dir).with_extension("json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let earlier: Report = serde_json::from_slice(&bytes).with_context(|| format!("read {}", path.display()))?;
+    // A part is rerun if a part of the same family (`peer` covers `peer-*`) ran now.
+    let family = |name: &str| name.split('-').next().unwrap_or(name).to_owned();
+    let mut rerun: Vec<String> = report.parts.iter().map(|p| family(&p.name)).collect();
+    rerun.sort();
+    rerun.dedup();
+    let kept = |name: &str| !rerun.contains(&family(name));
+    let mut parts: Vec<_> = earlier.parts.into_iter().filter(|p| kept(&p.name)).collect();
+    let mut figures: Vec<_> = earlier.figures.into_iter().filter(|m| kept(&m.part)).collect();
+    parts.append(&mut report.parts);
+    figures.append(&mut report.figures);
+    report.parts = parts;
+    report.figures = figures;
+    let about_rerun = |n: &str| {
+        n.starts_with("Merged:")
+            || rerun
+                .iter()
+                .any(|r| n.contains(&format!("part {r}")) || n.contains(&format!("The {r}")))
+    };
+    let mut notes: Vec<String> = earlier.notes.into_iter().filter(|n| !about_rerun(n)).collect();
+    notes.append(&mut report.notes);
+    notes.push(format!(
+        "Merged: parts {} were run again at {}; the others come from the sitting that started at {}.",
+        rerun.join(", "),
+        report.started_at,
+        earlier.started_at
+    ));
+    report.notes = notes;
+    report.started_at = earlier.started_at;
+    Ok(())
+}
+
 /// Writes the JSON, the charts and the Markdown; returns the files' stem.
 fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
     let stem = report.stem(dir);
@@ -212,6 +266,30 @@ fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
     let charts = charts::draw(report, &stem)?;
     std::fs::write(stem.with_extension("md"), report.markdown(&charts))?;
     Ok(stem)
+}
+
+/// What the report should say about the machine's PostgreSQL settings: autovacuum off (as on
+/// CI machines) leaves the outbox's dead rows unreclaimed, which shapes soak and growth figures.
+async fn postgres_note() -> Option<String> {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "root",
+            "-d",
+            "postgres",
+            "-Atc",
+            "SHOW autovacuum",
+        ])
+        .output()
+        .await
+        .ok()?;
+    (String::from_utf8_lossy(&out.stdout).trim() == "off").then(|| {
+        "autovacuum is off on this machine's PostgreSQL: dead rows (the outbox's sent and cleaned-up rows) are \
+         only reclaimed by explicit VACUUMs."
+            .to_owned()
+    })
 }
 
 /// Redis GET of 1 KiB values from 64 connections (`redis-benchmark`, in a database of its own

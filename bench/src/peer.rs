@@ -76,7 +76,7 @@ fn figures(mode: &str, scenario: &str, result: &Value) -> Vec<Figure> {
                 ));
             }
         }
-    } else if let Some(rate) = num("rows_per_second") {
+    } else if let Some(rate) = num("rows_per_sec") {
         out.push(with_common(
             Figure::new(
                 format!("peer.{mode}.drain{BACKLOG}"),
@@ -101,6 +101,12 @@ fn figures(mode: &str, scenario: &str, result: &Value) -> Vec<Figure> {
 /// Installs and runs the peer in both modes; a missing `node`/`npm` or a failed install is
 /// recorded in the parts' outcomes and the notes, not fatal.
 pub async fn run(bars: &MultiProgress, logs: &Path, notes: &mut Vec<String>) -> anyhow::Result<Vec<PartOutput>> {
+    notes.push(
+        "The peer publishes to a classic queue of its own; our relay publishes to a stream and a quorum queue \
+         (replicated types, whose confirms cost more). The peer runs with its defaults (batch 5, poll every \
+         500 ms, one message at a time); see bench/peer/README.md."
+            .to_owned(),
+    );
     let (dir, install) = install(bars, logs).await?;
     let mut outputs = vec![];
     if install.run.outcome != "ok" {

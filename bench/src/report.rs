@@ -77,46 +77,59 @@ enum Rule {
 /// The targets the issue sets; each finds its figure among the sitting's.
 struct Target {
     what: &'static str,
-    pick: fn(&Measured) -> bool,
+    pick: fn(&Measured, &[Measured]) -> bool,
     rule: Rule,
 }
 
-/// The lag run the latency targets read: the one `relay-bench` marks as the highest rate with
-/// CPU to spare (a quarter of one relay's drain rate; at half, the two cores saturate).
-fn target_lag(m: &Measured, quantile: &str) -> bool {
-    m.figure.id.starts_with(&format!("relay.lag.{quantile}."))
-        && m.figure.conditions.get("role").and_then(|v| v.as_str()) == Some("target")
+/// The lag runs the latency targets read: over 1,000 aggregates, at the highest rate asked that
+/// the writers achieved (within 5%): past it, the two cores have no CPU to spare and lag turns
+/// into queueing behind the load generator itself.
+fn target_lag(m: &Measured, quantile: &str, all: &[Measured]) -> bool {
+    let rate = |m: &Measured| {
+        let c = &m.figure.conditions;
+        let asked = c.get("rate_asked")?.as_f64()?;
+        let achieved = c.get("rate_achieved")?.as_f64()?;
+        let spread = c.get("aggregates").and_then(serde_json::Value::as_i64) == Some(1000);
+        (spread && achieved >= asked * 0.95).then_some(asked)
+    };
+    let prefix = format!("relay.lag.{quantile}.");
+    let best = all
+        .iter()
+        .filter(|m| m.figure.id.starts_with(&prefix))
+        .filter_map(rate)
+        .fold(None, |best: Option<f64>, r| Some(best.map_or(r, |b| b.max(r))));
+    m.figure.id.starts_with(&prefix) && best.is_some() && rate(m) == best
 }
 
 const TARGETS: &[Target] = &[
     Target {
         what: "write-api ≥ 60% of pgbench, 8 clients",
-        pick: |m| m.figure.id == "write.http.tps.c8",
+        pick: |m, _| m.figure.id == "write.http.tps.c8",
         rule: Rule::ShareAtLeast(0.60),
     },
     Target {
         what: "write-api ≥ 60% of pgbench, 32 clients",
-        pick: |m| m.figure.id == "write.http.tps.c32",
+        pick: |m, _| m.figure.id == "write.http.tps.c32",
         rule: Rule::ShareAtLeast(0.60),
     },
     Target {
         what: "one relay ≥ 80% of raw confirmed publishing",
-        pick: |m| m.figure.id == "relay.drain.relays1",
+        pick: |m, _| m.figure.id == "relay.drain.relays1",
         rule: Rule::ShareAtLeast(0.80),
     },
     Target {
-        what: "lag p50 ≤ 5 ms at the highest rate with CPU to spare",
-        pick: |m| target_lag(m, "p50"),
+        what: "lag p50 ≤ 5 ms at the highest rate the writers keep up with",
+        pick: |m, all| target_lag(m, "p50", all),
         rule: Rule::AtMost(5.0),
     },
     Target {
-        what: "lag p99 ≤ 25 ms at the highest rate with CPU to spare",
-        pick: |m| target_lag(m, "p99"),
+        what: "lag p99 ≤ 25 ms at the highest rate the writers keep up with",
+        pick: |m, all| target_lag(m, "p99", all),
         rule: Rule::AtMost(25.0),
     },
     Target {
         what: "cached read ≥ 70% of bare axum",
-        pick: |m| m.figure.id == "read.cached.rps",
+        pick: |m, _| m.figure.id == "read.cached.rps",
         rule: Rule::ShareAtLeast(0.70),
     },
 ];
@@ -141,7 +154,7 @@ impl Report {
         self.targets = TARGETS
             .iter()
             .map(|t| {
-                let found = self.figures.iter().find(|m| (t.pick)(m));
+                let found = self.figures.iter().find(|m| (t.pick)(m, &self.figures));
                 let (rule, got, met) = match t.rule {
                     Rule::ShareAtLeast(min) => {
                         let got = found.and_then(|m| m.ratio);
@@ -302,6 +315,13 @@ mod tests {
         }
     }
 
+    fn lag(q: &str, asked: f64, achieved: f64, ms: f64) -> Figure {
+        Figure::new(format!("relay.lag.{q}.rate{asked}.aggregates1000"), "lag", ms, "ms")
+            .with("rate_asked", asked)
+            .with("rate_achieved", achieved)
+            .with("aggregates", 1000)
+    }
+
     fn report(figures: Vec<Figure>) -> Report {
         Report {
             date: "2026-12-04".into(),
@@ -322,8 +342,11 @@ mod tests {
             Figure::new("raw.pgbench.tps.c8", "pgbench", 1000.0, "tps"),
             Figure::new("write.http.tps.c8", "write", 650.0, "tps").of("raw.pgbench.tps.c8"),
             Figure::new("write.http.tps.c32", "write", 500.0, "tps").of("raw.pgbench.tps.c32"),
-            Figure::new("relay.lag.p99.rate2000.aggregates1000", "lag", 30.0, "ms").with("role", "target"),
-            Figure::new("relay.lag.p50.rate100.aggregates1000", "lag", 1.0, "ms"),
+            lag("p99", 2000.0, 1990.0, 30.0),
+            lag("p99", 100.0, 99.0, 3.0),
+            // The writers fell behind: not a rate with CPU to spare.
+            lag("p99", 4000.0, 3000.0, 90.0),
+            lag("p50", 4000.0, 3000.0, 20.0),
         ]);
         r.settle();
         assert_eq!(r.figure("write.http.tps.c8").unwrap().ratio, Some(0.65));
@@ -332,8 +355,13 @@ mod tests {
         let verdict = |what: &str| r.targets.iter().find(|t| t.what.starts_with(what)).unwrap().met;
         assert_eq!(verdict("write-api ≥ 60% of pgbench, 8"), Some(true));
         assert_eq!(verdict("write-api ≥ 60% of pgbench, 32"), None);
+        // Read at 2,000 rows/s: the highest rate the writers achieved.
         assert_eq!(verdict("lag p99"), Some(false));
-        // The p50 run at 100 rows/s is not the target run.
+        assert_eq!(
+            r.targets.iter().find(|t| t.what.starts_with("lag p99")).unwrap().got,
+            Some(30.0)
+        );
+        // The only p50 run is one the writers fell behind in.
         assert_eq!(verdict("lag p50"), None);
         let md = r.markdown(&[]);
         assert!(

@@ -1,4 +1,4 @@
-//! `bench soak <duration>`: the whole pipeline (write-api, one relay, read-api) under a steady
+//! `bench soak <duration>`: the whole pipeline (write-api, two relays, read-api) under a steady
 //! rate of random commands, sampled once a minute: lag (the services' own histograms, over that
 //! minute), each service's resident memory, the outbox table's and its indexes' size, its dead
 //! tuples and autovacuum runs. The report says, for each, whether it grows.
@@ -161,6 +161,7 @@ pub async fn run(duration: Duration, rate: u32, out: &Path) -> anyhow::Result<()
         ("OUTBOX_CLEANUP_CRON".to_owned(), "*/30 * * * * *".to_owned()),
     ];
     let p = Pipeline::start(PipelineOptions {
+        relays: 2,
         relay_env,
         ..Default::default()
     })
@@ -318,7 +319,7 @@ fn markdown(r: &SoakReport) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Soak: {} on {}\n\n{} commands/s asked for {} s through write-api, one relay and read-api \
+        "# Soak: {} on {}\n\n{} commands/s asked for {} s through write-api, two relays and read-api \
          (OUTBOX_RETENTION=2m, cleanup every 30 s); CPU {:.0}% idle before. Lag is each service's \
          histogram over the minute (interpolated within buckets).\n",
         r.date,
@@ -332,7 +333,7 @@ fn markdown(r: &SoakReport) -> String {
         let _ = writeln!(md, "| {what} | {verdict} |");
     }
     md.push_str(
-        "\n## Per minute\n\n| min | answered | relay p50/p99 ms | read lag p50/p99 ms | RSS KiB (write, relay, read) | \
+        "\n## Per minute\n\n| min | answered | first relay commit-to-confirm p50/p99 ms | read lag p50/p99 ms | RSS KiB (write, first relay, read) | \
          outbox table / index kB | live / dead rows | autovacuums | unsent |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in &r.minutes {

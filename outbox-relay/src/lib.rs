@@ -14,7 +14,7 @@
 //! rolled-back row never becomes visible, so it is never read. Reads are triggered by a
 //! NOTIFY trigger (LISTEN on a dedicated connection, [`listener`]) with a poll as a fallback;
 //! a wake-up only triggers a read, and since a notification can arrive before its row is
-//! visible, an empty read after a wake-up is repeated twice shortly after (a new wake-up cuts
+//! visible, an empty read after a wake-up is repeated three times shortly after (1, 5 and 25 ms; a new wake-up cuts
 //! that pause short). The wake-up is a stored permit, so a notification arriving while a read
 //! runs causes another read.
 //!

@@ -101,6 +101,15 @@ fn backoff() -> impl Iterator<Item = Duration> {
     backoff::endless(Duration::from_millis(100), Duration::from_secs(10)).build()
 }
 
+/// The pauses before reading again after a wake-up whose read found nothing, in order.
+const RECHECK_PAUSES: [Duration; 3] = [
+    Duration::from_millis(1),
+    Duration::from_millis(5),
+    Duration::from_millis(25),
+];
+/// How many rechecks a notification arms.
+const RECHECKS: u8 = RECHECK_PAUSES.len() as u8;
+
 /// Batches in a row with nacked rows after which the connection is reopened (and again after
 /// as many more): a few rounds ride out a leader election, which a new channel would not speed
 /// up; more than that suggests a channel with a stale view of a queue.
@@ -605,13 +614,15 @@ impl Run<'_> {
     /// left, else wait for news.
     async fn wait_after_empty_read(&mut self) {
         if self.rechecks > 0 {
+            // The pauses grow (1, 5, 25 ms): the row of a notification that came early is
+            // usually visible within a millisecond, and at low rates every row goes this way, so
+            // the first pause is most of its lag. A new notification during the pause means
+            // another commit: read at once rather than let its row wait out the pause.
+            let recheck = RECHECK_PAUSES[RECHECK_PAUSES.len() - usize::from(self.rechecks)];
             self.rechecks -= 1;
-            // A new notification during the pause means another commit: read at once
-            // rather than let its row wait out the pause.
-            let recheck = Duration::from_millis(if self.rechecks == 1 { 5 } else { 25 });
             tokio::select! {
                 () = self.publisher.pause(Some(recheck), &self.stop) => {}
-                () = self.publisher.wake.notified() => self.rechecks = 2,
+                () = self.publisher.wake.notified() => self.rechecks = RECHECKS,
             }
         } else {
             self.idle().await;
@@ -621,7 +632,7 @@ impl Run<'_> {
     /// Waits for news; a notification arms the rechecks.
     async fn idle(&mut self) {
         if self.publisher.idle(&self.stop).await {
-            self.rechecks = 2;
+            self.rechecks = RECHECKS;
         }
     }
 
