@@ -108,6 +108,22 @@ pub async fn run(rows: u64, out_dir: &Path) -> anyhow::Result<()> {
             });
         }
     }
+    // The broker's own rate moves between sittings by more than 10% here: the relay's share of
+    // the raw limit measured right before it is the steadier comparison.
+    let share = |part: &str| {
+        Some(value(part, "relay.drain.relays1")?.0 / value(part, "raw.lapin_confirms.before_relays1")?.0 * 100.0)
+    };
+    if let (Some(empty), Some(with_history)) = (share("history 0"), share(&format!("history {rows}"))) {
+        let change = (with_history - empty) / empty * 100.0;
+        report.comparisons.push(Comparison {
+            figure: "relay.drain.relays1 as a share of raw".into(),
+            unit: "%".into(),
+            empty,
+            with_history,
+            change_percent: change,
+            within_10_percent: change >= -10.0,
+        });
+    }
     let stem = out_dir.join(format!("{}-{}-growth", report.date, report.host));
     std::fs::write(
         stem.with_extension("json"),

@@ -44,7 +44,8 @@ pub async fn insert_events(
 }
 
 /// Puts `rows` rows that were sent long ago into `table`: the history a busy outbox holds until
-/// cleanup deletes it, created (and sent 5 ms later) at random over the last `days` days, over
+/// cleanup deletes it, created (and sent 5 ms later) evenly over the last `days` days in id
+/// order, as a real outbox's rows are (cleanup walks the primary key from the oldest), over
 /// 100,000 aggregates, in statements of 250,000 rows (`progress` gets the rows done so far).
 /// Then `VACUUM ANALYZE`, as autovacuum would have by then.
 pub async fn insert_sent_history(
@@ -64,12 +65,13 @@ pub async fn insert_sent_history(
              SELECT gen_random_uuid(), 'order', 'hist-' || (s % 100000), s, 'order.placed', \
                jsonb_build_object('specversion', '1.0', 'type', 'ordering.order.placed.v1', 'sequence', s, \
                  'data', jsonb_build_object('pad', repeat('x', $1))), '{{}}', t, t + interval '5 ms' \
-             FROM (SELECT s, now() - $2 * interval '1 day' * random() AS t FROM generate_series($3, $4) s) h"
+             FROM (SELECT s, now() - $2 * interval '1 day' * (1 - s::float8 / $5) AS t FROM generate_series($3, $4) s) h"
         ))
         .bind::<Integer, _>(pad)
         .bind::<diesel::sql_types::Double, _>(days)
         .bind::<BigInt, _>(done + 1)
         .bind::<BigInt, _>(done + n)
+        .bind::<diesel::sql_types::Double, _>(rows as f64)
         .execute(conn)
         .await
         .expect("insert sent history");
