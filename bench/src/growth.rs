@@ -125,12 +125,8 @@ pub async fn run(rows: u64, out_dir: &Path) -> anyhow::Result<()> {
         });
     }
     let stem = out_dir.join(format!("{}-{}-growth", report.date, report.host));
-    std::fs::write(
-        stem.with_extension("json"),
-        serde_json::to_string_pretty(&report)? + "\n",
-    )?;
     let md = markdown(&report);
-    std::fs::write(stem.with_extension("md"), &md)?;
+    crate::report::write_pair(&stem, &report, &md)?;
     println!(
         "{md}\nReport: {}.md (and .json); logs in {}",
         stem.display(),

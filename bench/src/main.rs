@@ -259,12 +259,8 @@ fn merge_earlier(report: &mut Report, dir: &Path) -> anyhow::Result<()> {
 /// Writes the JSON, the charts and the Markdown; returns the files' stem.
 fn write_report(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
     let stem = report.stem(dir);
-    std::fs::write(
-        stem.with_extension("json"),
-        serde_json::to_string_pretty(report)? + "\n",
-    )?;
     let charts = charts::draw(report, &stem)?;
-    std::fs::write(stem.with_extension("md"), report.markdown(&charts))?;
+    report::write_pair(&stem, report, &report.markdown(&charts))?;
     Ok(stem)
 }
 

@@ -293,6 +293,13 @@ impl Report {
     }
 }
 
+/// Writes `<stem>.json` (pretty, with a final newline) and `<stem>.md`.
+pub fn write_pair(stem: &Path, json: &impl Serialize, md: &str) -> anyhow::Result<()> {
+    std::fs::write(stem.with_extension("json"), serde_json::to_string_pretty(json)? + "\n")?;
+    std::fs::write(stem.with_extension("md"), md)?;
+    Ok(())
+}
+
 /// A figure as people read it: whole numbers above 100, two decimals below.
 pub fn number(v: f64) -> String {
     if v.abs() >= 100.0 {

@@ -301,12 +301,8 @@ pub async fn run(duration: Duration, rate: u32, out: &Path) -> anyhow::Result<()
         verdicts,
     };
     let stem = out.join(format!("{}-{}-soak", report.date, report.host));
-    std::fs::write(
-        stem.with_extension("json"),
-        serde_json::to_string_pretty(&report)? + "\n",
-    )?;
     let md = markdown(&report);
-    std::fs::write(stem.with_extension("md"), &md)?;
+    crate::report::write_pair(&stem, &report, &md)?;
     println!("{md}\nReport: {}.md (and .json)", stem.display());
     Ok(())
 }
