@@ -170,7 +170,8 @@ fn every_image_runs_a_workspace_binary_as_non_root_with_a_port_and_a_matching_he
     }
     let services: BTreeSet<String> = bins
         .iter()
-        .filter(|(_, p)| *p != "ordering-tests")
+        // The test support's and the benchmark's binaries are tools, not services.
+        .filter(|(_, p)| !["ordering-tests", "bench"].contains(&p.as_str()))
         .map(|(b, _)| b.clone())
         .collect();
     assert_eq!(served, services, "every service binary has an image, and only those");
