@@ -28,7 +28,7 @@ pub fn spinner(bars: &MultiProgress, name: &str) -> ProgressBar {
     let bar = bars.add(ProgressBar::new_spinner());
     bar.set_style(
         ProgressStyle::with_template("{spinner} {prefix:>8} [{elapsed_precise}] {wide_msg}")
-            .expect("template")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
             .tick_chars("⠁⠂⠄⡀⢀⠠⠐⠈ "),
     );
     bar.set_prefix(name.to_owned());
@@ -62,8 +62,11 @@ pub async fn run_part(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("start {shown}"))?;
-    let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        anyhow::bail!("{shown}: its output could not be read");
+    };
+    let mut out = BufReader::new(stdout).lines();
+    let mut err = BufReader::new(stderr).lines();
     let (mut figures, mut lines, mut problems) = (Vec::new(), Vec::new(), Vec::new());
     let (mut out_open, mut err_open) = (true, true);
     while out_open || err_open {

@@ -144,10 +144,9 @@ async fn table_stats(p: &Pipeline) -> anyhow::Result<TableStats> {
 /// Whether a series grows: its last value is over 20% above its value after the first minute
 /// (the warm-up) and the last three samples never fall.
 fn grows(series: &[f64]) -> bool {
-    let Some(base) = series.get(1).copied() else {
+    let (Some(&base), Some(&last)) = (series.get(1), series.last()) else {
         return false;
     };
-    let last = *series.last().expect("non-empty");
     let tail = &series[series.len().saturating_sub(3)..];
     last > base * 1.2 + 1.0 && tail.windows(2).all(|w| w[1] >= w[0])
 }
@@ -188,7 +187,10 @@ pub async fn run(duration: Duration, rate: u32, out: &Path) -> anyhow::Result<()
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let permit = inflight.clone().acquire_owned().await.expect("semaphore");
+                // The semaphore is never closed; if it were, stop sending.
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break;
+                };
                 let (driver, answered) = (driver.clone(), answered.clone());
                 tokio::spawn(async move {
                     if driver.random_command().await.is_some() {
