@@ -303,11 +303,7 @@ impl Workload {
                 json!({"payment_reference": format!("soak-{}", rng.next_u64())}),
             ),
             (Kind::Ship, Some((_, id))) => (format!("{w}/v1/orders/{id}/ship"), self.admin.clone(), json!({})),
-            (Kind::Cancel, Some((_, id))) => (
-                format!("{w}/v1/orders/{id}/cancel"),
-                ctoken,
-                json!({"reason": "soak"}),
-            ),
+            (Kind::Cancel, Some((_, id))) => (format!("{w}/v1/orders/{id}/cancel"), ctoken, json!({"reason": "soak"})),
             (Kind::Restock, _) => {
                 let product = self.products[rng.below(self.products.len())];
                 (
@@ -486,7 +482,12 @@ impl Tally {
             Err(e) => Some(format!("no answer: {}", root_cause(e))),
         };
         if let Some(code) = code {
-            *self.codes.lock().unwrap_or_else(|e| e.into_inner()).entry(code).or_default() += 1;
+            *self
+                .codes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(code)
+                .or_default() += 1;
         }
     }
 
@@ -743,7 +744,8 @@ impl Services {
         ]);
         read_env.extend(env(&common));
         let ready = ordering_tests::pipeline::READY;
-        let write_api = ServiceProcess::spawn_with_stdout("write-api", &[], "WRITE_API_ADDR", &write_env, log("write-api"));
+        let write_api =
+            ServiceProcess::spawn_with_stdout("write-api", &[], "WRITE_API_ADDR", &write_env, log("write-api"));
         write_api.wait_ready_status(200, ready).await;
         // The read-api before the relays: it declares its queue, bound to the exchange, so no
         // event is published before something receives it.
@@ -804,7 +806,10 @@ impl Services {
     }
 
     async fn read_metrics(&self, client: &JsonClient) -> String {
-        client.get_text(&self.read_api.url("/metrics")).await.unwrap_or_default()
+        client
+            .get_text(&self.read_api.url("/metrics"))
+            .await
+            .unwrap_or_default()
     }
 }
 
@@ -872,14 +877,55 @@ fn quantile_ms(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f6
     None
 }
 
-/// User plus system CPU time (clock ticks) in a `/proc/<pid>/stat` line: fields 14 and 15, counted
-/// after the command name, which is in parentheses and may hold spaces.
+/// The fields of a `/proc/<pid>/stat` line after the command name (which is in parentheses and
+/// may hold spaces): index 1 is the parent's pid, 11 and 12 the process's user and system time
+/// (clock ticks), 13 and 14 those of the children it has waited for.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace().collect())
+}
+
+fn stat_field(fields: &[&str], i: usize) -> Option<u64> {
+    fields.get(i)?.parse().ok()
+}
+
+/// User plus system CPU time (clock ticks) in a `/proc/<pid>/stat` line.
 fn cpu_ticks(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    let f = stat_fields(stat)?;
+    Some(stat_field(&f, 11)? + stat_field(&f, 12)?)
+}
+
+/// CPU time of a process and all its children, from its stat line and every process's: its own,
+/// its reaped children's, and its live children's. A child's time moves from the last share to the
+/// second when it exits, so the sum never falls as backends come and go.
+fn tree_ticks(parent: u64, parent_stat: &str, all: &[String]) -> Option<u64> {
+    let f = stat_fields(parent_stat)?;
+    let own = stat_field(&f, 11)? + stat_field(&f, 12)? + stat_field(&f, 13)? + stat_field(&f, 14)?;
+    let children: u64 = all
+        .iter()
+        .filter_map(|stat| stat_fields(stat))
+        .filter(|f| stat_field(f, 1) == Some(parent))
+        .filter_map(|f| Some(stat_field(&f, 11)? + stat_field(&f, 12)?))
+        .sum();
+    Some(own + children)
+}
+
+/// CPU time of the soak's PostgreSQL server (the postmaster of the cluster in `cluster` and its
+/// backends, autovacuum workers, checkpointer, ...).
+fn postgres_cpu_ticks(cluster: &Path) -> Option<u64> {
+    let pid: u64 = std::fs::read_to_string(cluster.join("data").join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let all: Vec<String> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .collect();
+    tree_ticks(pid, &parent, &all)
 }
 
 fn process_cpu_ticks(pid: u32) -> Option<u64> {
@@ -894,6 +940,14 @@ fn own_cpu_ticks() -> Option<u64> {
 fn cpu_share(before: Option<u64>, after: Option<u64>, clk_tck: f64, secs: f64) -> Option<f64> {
     let (b, a) = (before?, after?);
     (secs > 0.0 && clk_tck > 0.0).then(|| a.saturating_sub(b) as f64 / clk_tck / secs)
+}
+
+/// What the rest of the machine used (share of one core): `cpus` less the idle share, less what
+/// the named processes and this one used. `None` when a figure is missing.
+fn other_cpu_share(idle: f64, cpus: usize, named: &[(String, f64)], own: Option<f64>) -> Option<f64> {
+    let busy = (1.0 - idle) * cpus as f64;
+    let ours = named.iter().map(|(_, v)| v).sum::<f64>() + own?;
+    busy.is_finite().then(|| (busy - ours).max(0.0))
 }
 
 /// Clock ticks a second of `/proc/*/stat` (`getconf CLK_TCK`; 100, Linux's value, if that fails).
@@ -995,12 +1049,15 @@ struct Minute {
     read_event_lag_p50_ms: Option<f64>,
     read_event_lag_p99_ms: Option<f64>,
     rss_kib: Vec<(String, u64)>,
-    /// Share of one core each service used over the minute.
+    /// Share of one core each service, and the soak's PostgreSQL server, used over the minute.
     cpu_share: Vec<(String, f64)>,
     /// Share of one core this process (the load generator and the sampling) used.
     bench_cpu_share: Option<f64>,
     /// The machine's idle share over the minute (all cores).
     machine_cpu_idle: f64,
+    /// Share of one core used by every other process (RabbitMQ, Redis, anything else running):
+    /// the machine's busy time less the services', PostgreSQL's and this process's.
+    other_cpu_share: Option<f64>,
     outbox_table_bytes: i64,
     outbox_index_bytes: i64,
     outbox_live_rows: i64,
@@ -1057,27 +1114,41 @@ fn load_verdict(minutes: &[Minute]) -> String {
     }
 }
 
-/// The verdict on the generator: the most CPU it used in a minute, and the least idle the machine
-/// had; a generator using a large share of a core, or a machine without idle time, makes the
-/// figures suspect.
+/// The verdict on the generator: the most CPU it used in a minute. A generator using a large
+/// share of a core may be what limits the rate sent.
 fn generator_verdict(minutes: &[Minute]) -> String {
     let top = minutes
         .iter()
         .filter_map(|m| m.bench_cpu_share)
         .fold(f64::NAN, f64::max);
-    let idle = minutes.iter().map(|m| m.machine_cpu_idle).fold(f64::NAN, f64::min);
-    let judged = if top.is_nan() {
-        "unknown (no /proc/self/stat)"
-    } else if top < 0.25 && idle > 0.10 {
-        "not the bottleneck"
+    if top.is_nan() {
+        "unknown (no /proc/self/stat)".to_owned()
+    } else if top < 0.25 {
+        format!(
+            "not the bottleneck: bench used at most {:.0}% of a core in a minute",
+            top * 100.0
+        )
     } else {
-        "SUSPECT"
-    };
-    format!(
-        "{judged}: bench used at most {:.0}% of a core in a minute; the machine was at least {:.0}% idle",
-        top * 100.0,
-        idle * 100.0
-    )
+        format!("SUSPECT: bench used up to {:.0}% of a core in a minute", top * 100.0)
+    }
+}
+
+/// The verdict on the machine: whether it had idle CPU every minute. Without any, lag and misses
+/// may come from the machine (other work on it, or the pipeline's own PostgreSQL and broker)
+/// rather than from the services.
+fn machine_verdict(minutes: &[Minute]) -> String {
+    let least = minutes.iter().map(|m| m.machine_cpu_idle).fold(f64::NAN, f64::min);
+    let busy = minutes.iter().filter(|m| m.machine_cpu_idle < 0.10).count();
+    if busy == 0 {
+        format!("spare CPU every minute (at least {:.0}% idle)", least * 100.0)
+    } else {
+        format!(
+            "SATURATED in {busy} of {} minutes (at least {:.0}% idle): lag and misses there may be the machine's, \
+             not the services'",
+            minutes.len(),
+            least * 100.0
+        )
+    }
 }
 
 /// Every verdict: the load's, the generator's, and whether each series grows.
@@ -1085,6 +1156,7 @@ fn verdicts(minutes: &[Minute], services: &[Watched]) -> Vec<(String, String)> {
     let mut out = vec![
         ("load".to_owned(), load_verdict(minutes)),
         ("load generator".to_owned(), generator_verdict(minutes)),
+        ("machine".to_owned(), machine_verdict(minutes)),
     ];
     let mut judge = |what: String, series: Vec<f64>| {
         let verdict = if series.len() < 3 {
@@ -1145,7 +1217,10 @@ pub async fn run(duration: Duration, rate: Option<u32>, out: &Path) -> anyhow::R
             "The machine's shared PostgreSQL server: {note} The soak ran on a server of its own, with autovacuum on."
         ));
     }
-    println!("soak: starting PostgreSQL and the services (logs in {})", logs.display());
+    println!(
+        "soak: starting PostgreSQL and the services (logs in {})",
+        logs.display()
+    );
     let pg = tokio::task::spawn_blocking(|| PgServer::start_with(PG_SETTINGS))
         .await
         .map_err(panicked("starting a PostgreSQL server"))?;
@@ -1265,10 +1340,26 @@ struct Soak<'a> {
 }
 
 impl Soak<'_> {
+    /// CPU time so far of each service and of the soak's PostgreSQL server, named.
+    fn cpu_ticks(&self) -> Vec<(String, Option<u64>)> {
+        let mut all: Vec<(String, Option<u64>)> = self
+            .watched
+            .iter()
+            .map(|w| (w.name.clone(), process_cpu_ticks(w.pid)))
+            .collect();
+        all.push(("postgres".to_owned(), postgres_cpu_ticks(self.services.pg.dir())));
+        all
+    }
+
     /// The open-loop load at `rate` for `duration`, sampled at the end of every minute; the
     /// samples, and the refusals and failures by code over the run. What goes wrong while
     /// sampling goes into `notes`, and the run goes on.
-    async fn run(&self, duration: Duration, rate: u32, notes: &mut Vec<String>) -> (Vec<Minute>, BTreeMap<String, u64>) {
+    async fn run(
+        &self,
+        duration: Duration,
+        rate: u32,
+        notes: &mut Vec<String>,
+    ) -> (Vec<Minute>, BTreeMap<String, u64>) {
         let Self {
             services,
             client,
@@ -1281,6 +1372,7 @@ impl Soak<'_> {
             duration.as_secs()
         );
         let minutes_total = duration.as_secs().div_ceil(60).max(1);
+        let cpus = machine::Machine::read().cpus;
         let bar = ProgressBar::new(minutes_total);
         if let Ok(style) = ProgressStyle::with_template("soak [{bar:30}] {pos}/{len} min {msg}") {
             bar.set_style(style.progress_chars("=> "));
@@ -1288,7 +1380,7 @@ impl Soak<'_> {
         let tally = Arc::new(Tally::default());
         let mut relay_before = buckets(&services.relay_metrics(client).await, RELAY_LAG);
         let mut read_before = buckets(&services.read_metrics(client).await, READ_LAG);
-        let mut cpu_before: Vec<Option<u64>> = watched.iter().map(|w| process_cpu_ticks(w.pid)).collect();
+        let mut cpu_before = self.cpu_ticks();
         let mut own_before = own_cpu_ticks();
         let t0 = Instant::now();
         let generator = tokio::spawn(open_loop(
@@ -1311,7 +1403,7 @@ impl Soak<'_> {
             last = now;
             let counts_now = tally.snapshot();
             let c = counts_now.since(&counts_before);
-            let cpu_now: Vec<Option<u64>> = watched.iter().map(|w| process_cpu_ticks(w.pid)).collect();
+            let cpu_now = self.cpu_ticks();
             let own_now = own_cpu_ticks();
             let relay_now = buckets(&services.relay_metrics(client).await, RELAY_LAG);
             let read_now = buckets(&services.read_metrics(client).await, READ_LAG);
@@ -1333,6 +1425,13 @@ impl Soak<'_> {
                     None => {}
                 }
             }
+            let cpu_share_now: Vec<(String, f64)> = cpu_before
+                .iter()
+                .zip(&cpu_now)
+                .filter_map(|((name, b), (_, a))| Some((name.clone(), cpu_share(*b, *a, clk_tck, secs)?)))
+                .collect();
+            let bench_cpu_share = cpu_share(own_before, own_now, clk_tck, secs);
+            let machine_cpu_idle = idle.await.unwrap_or(f64::NAN);
             let m = Minute {
                 minute: minute as u32,
                 asked: c.asked,
@@ -1350,13 +1449,10 @@ impl Soak<'_> {
                 read_event_lag_p50_ms: quantile_ms(&read_before, &read_now, 0.5),
                 read_event_lag_p99_ms: quantile_ms(&read_before, &read_now, 0.99),
                 rss_kib,
-                cpu_share: watched
-                    .iter()
-                    .zip(cpu_before.iter().zip(&cpu_now))
-                    .filter_map(|(w, (b, a))| Some((w.name.clone(), cpu_share(*b, *a, clk_tck, secs)?)))
-                    .collect(),
-                bench_cpu_share: cpu_share(own_before, own_now, clk_tck, secs),
-                machine_cpu_idle: idle.await.unwrap_or(f64::NAN),
+                other_cpu_share: other_cpu_share(machine_cpu_idle, cpus, &cpu_share_now, bench_cpu_share),
+                cpu_share: cpu_share_now,
+                bench_cpu_share,
+                machine_cpu_idle,
                 outbox_table_bytes: stats.table_bytes,
                 outbox_index_bytes: stats.index_bytes,
                 outbox_live_rows: stats.live,
@@ -1463,13 +1559,13 @@ fn markdown(r: &SoakReport) -> String {
         .unwrap_or_default();
     md.push_str(
         "\n## Load and lag, per minute\n\n| min | asked / sent / missed | 2xx / 4xx / failed | answer p50 / p99 ms | \
-         relays' commit-to-confirm p50 / p99 ms | read lag p50 / p99 ms | bench CPU % of a core | machine idle % |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         relays' commit-to-confirm p50 / p99 ms | read lag p50 / p99 ms | bench CPU % of a core | machine idle % | \
+         other processes' CPU % of a core |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in &r.minutes {
         let _ = writeln!(
             md,
-            "| {} | {} / {} / {} | {} / {} / {} | {} / {} | {} / {} | {} / {} | {} | {} |",
+            "| {} | {} / {} / {} | {} / {} / {} | {} / {} | {} / {} | {} / {} | {} | {} | {} |",
             m.minute,
             m.asked,
             m.sent,
@@ -1485,13 +1581,20 @@ fn markdown(r: &SoakReport) -> String {
             ms(m.read_event_lag_p99_ms),
             percent(m.bench_cpu_share),
             percent(Some(m.machine_cpu_idle)),
+            percent(m.other_cpu_share),
         );
     }
+    let cpu_names: Vec<&str> = r
+        .minutes
+        .first()
+        .map(|m| m.cpu_share.iter().map(|(n, _)| n.as_str()).collect())
+        .unwrap_or_default();
     let _ = writeln!(
         md,
-        "\n## Services and outbox, per minute\n\n| min | RSS MiB ({names}) | CPU % of a core ({names}) | \
+        "\n## Services and outbox, per minute\n\n| min | RSS MiB ({}) | CPU % of a core ({}) | \
          outbox table / index kB | live / dead rows | autovacuums | unsent |\n|---|---|---|---|---|---|---|",
-        names = names.join(", ")
+        names.join(", "),
+        cpu_names.join(", ")
     );
     for m in &r.minutes {
         let rss = m
@@ -1621,7 +1724,9 @@ mod tests {
         Workload {
             write: "http://w".into(),
             products: (1..=5).map(Uuid::from_u128).collect(),
-            customers: (1..=3).map(|n| (Uuid::from_u128(100 + n), Arc::from(format!("c{n}")))).collect(),
+            customers: (1..=3)
+                .map(|n| (Uuid::from_u128(100 + n), Arc::from(format!("c{n}"))))
+                .collect(),
             admin: Arc::from("admin"),
             state: Mutex::new((Rng::new(1), Ring::new(8))),
         }
@@ -1758,7 +1863,18 @@ mod tests {
         assert_eq!(cpu_ticks(stat), Some(300));
         assert_eq!(cpu_ticks("garbage"), None);
         assert_eq!(cpu_share(Some(100), Some(400), 100.0, 60.0), Some(0.05));
+        // A server: 10 + 5 of its own, 100 + 50 of exited children, 30 + 3 of a live child; the
+        // process of another parent does not count.
+        let server = "7 (postgres) S 1 7 7 0 -1 0 0 0 0 0 10 5 100 50 20 0 1 0 1 0 0";
+        let backend = "8 (postgres) S 7 7 7 0 -1 0 0 0 0 0 30 3 0 0 20 0 1 0 1 0 0".to_owned();
+        let stranger = "9 (bash) S 1 9 9 0 -1 0 0 0 0 0 500 500 0 0 20 0 1 0 1 0 0".to_owned();
+        assert_eq!(tree_ticks(7, server, &[backend, stranger]), Some(198));
         assert_eq!(cpu_share(None, Some(400), 100.0, 60.0), None);
+        // 2 cores 25% idle: 1.5 cores busy, 0.5 + 0.2 + 0.1 of them ours.
+        let named = [("a".to_owned(), 0.5), ("b".to_owned(), 0.2)];
+        let other = other_cpu_share(0.25, 2, &named, Some(0.1)).unwrap();
+        assert!((other - 0.7).abs() < 1e-9, "{other}");
+        assert_eq!(other_cpu_share(0.25, 2, &named, None), None);
     }
 
     fn minute(missed: u64, failed: u64, bench: f64, idle: f64) -> Minute {
@@ -1782,6 +1898,7 @@ mod tests {
             cpu_share: Vec::new(),
             bench_cpu_share: Some(bench),
             machine_cpu_idle: idle,
+            other_cpu_share: None,
             outbox_table_bytes: 0,
             outbox_index_bytes: 0,
             outbox_live_rows: 0,
@@ -1796,8 +1913,10 @@ mod tests {
         let good = [minute(0, 0, 0.05, 0.5), minute(0, 0, 0.06, 0.4)];
         assert!(load_verdict(&good).starts_with("kept up: all 200"));
         assert!(generator_verdict(&good).starts_with("not the bottleneck: bench used at most 6%"));
+        assert!(machine_verdict(&good).starts_with("spare CPU every minute (at least 40% idle)"));
         let bad = [minute(0, 0, 0.05, 0.5), minute(7, 2, 0.6, 0.02)];
         assert!(load_verdict(&bad).starts_with("FELL BEHIND: 7 of 200"));
-        assert!(generator_verdict(&bad).starts_with("SUSPECT"));
+        assert!(generator_verdict(&bad).starts_with("SUSPECT: bench used up to 60%"));
+        assert!(machine_verdict(&bad).starts_with("SATURATED in 1 of 2 minutes (at least 2% idle)"));
     }
 }
