@@ -576,6 +576,8 @@ struct Calibration {
     machine_cpu_idle: f64,
     /// How long the outbox took to drain afterwards (s); `None` if it had not within the limit.
     drained_after_s: Option<f64>,
+    /// Refusals by status and code, failures by status or cause, warm-up included.
+    answers_by_code: BTreeMap<String, u64>,
 }
 
 /// Closed loop: `workers` tasks each sending a command as soon as the last was answered, for
@@ -618,6 +620,7 @@ async fn calibrate(client: &JsonClient, work: &Arc<Workload>, clk_tck: f64) -> C
         bench_cpu_share,
         machine_cpu_idle: idle.await.unwrap_or(f64::NAN),
         drained_after_s: None,
+        answers_by_code: std::mem::take(&mut *tally.codes.lock().unwrap_or_else(|e| e.into_inner())),
     }
 }
 
@@ -1505,6 +1508,18 @@ fn percent(v: Option<f64>) -> String {
         .map_or("-".to_owned(), |v| format!("{:.0}", v * 100.0))
 }
 
+/// `409 invalid_transition: 3, ...`, or `none`.
+fn codes(by_code: &BTreeMap<String, u64>) -> String {
+    if by_code.is_empty() {
+        return "none".to_owned();
+    }
+    by_code
+        .iter()
+        .map(|(c, n)| format!("{c}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn markdown(r: &SoakReport) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -1524,7 +1539,7 @@ fn markdown(r: &SoakReport) -> String {
             md,
             "Calibration: {} workers closed loop, {:.0} s warm-up then {:.0} s measured: {:.0} commands/s answered \
              ({:.0}% 2xx, {} failed), answer p50 {} / p99 {} ms, bench {} % of a core, machine {:.0}% idle; the \
-             outbox drained {}.\n",
+             outbox drained {}. Refusals and failures: {}.\n",
             c.workers,
             c.warm_up_s,
             c.measured_s,
@@ -1536,7 +1551,8 @@ fn markdown(r: &SoakReport) -> String {
             percent(c.bench_cpu_share),
             c.machine_cpu_idle * 100.0,
             c.drained_after_s
-                .map_or("not within the limit".to_owned(), |s| format!("{s:.1} s after"))
+                .map_or("not within the limit".to_owned(), |s| format!("{s:.1} s after")),
+            codes(&c.answers_by_code)
         );
     }
     md.push_str("## Setup\n\n");
@@ -1906,6 +1922,44 @@ mod tests {
             autovacuum_runs: 0,
             unsent_rows: 0,
         }
+    }
+
+    #[test]
+    fn every_row_of_the_reports_tables_has_its_headers_columns() {
+        let mut m = minute(0, 0, 0.05, 0.5);
+        m.rss_kib = vec![("write-api".into(), 1024), ("read-api".into(), 2048)];
+        m.cpu_share = vec![("write-api".into(), 0.1), ("postgres".into(), 0.3)];
+        let report = SoakReport {
+            date: "2026-12-04".into(),
+            host: "vm".into(),
+            machine: machine::Machine::default(),
+            started_at: String::new(),
+            duration_s: 120,
+            cpu_idle_before: 0.99,
+            setup: vec!["a setup".into()],
+            postgres_settings: vec!["autovacuum = on".into()],
+            calibration: None,
+            rate_asked: 150,
+            rate_source: "given".into(),
+            max_in_flight: MAX_IN_FLIGHT,
+            minutes: vec![m.clone(), m],
+            answers_by_code: BTreeMap::from([("409 invalid_transition".to_owned(), 2)]),
+            verdicts: verdicts(&[], &[]),
+            notes: vec!["a note".into()],
+            logs: "/tmp/logs".into(),
+        };
+        let md = markdown(&report);
+        let mut columns = None;
+        for line in md.lines() {
+            if !line.starts_with('|') {
+                columns = None;
+                continue;
+            }
+            let n = line.matches('|').count();
+            assert_eq!(*columns.get_or_insert(n), n, "{line}");
+        }
+        assert!(md.contains("RSS MiB (write-api, read-api) | CPU % of a core (write-api, postgres)"));
+        assert!(md.contains("| 1.0, 2.0 | 10, 30 |"), "{md}");
     }
 
     #[test]
