@@ -61,15 +61,16 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Holds a steady write rate through the whole pipeline and reports, per minute, lag, the
-    /// services' memory, the outbox's size, dead tuples and autovacuum runs (e.g. `soak 10m`).
+    /// Holds a steady write rate through the whole pipeline and reports, per minute, the
+    /// commands answered, lag, the services' memory and CPU, the outbox's size, dead tuples and
+    /// autovacuum runs, and the load generator's own CPU (e.g. `soak 10m`).
     Soak {
         /// How long: `90s`, `10m`, `1h`.
         duration: String,
-        /// Place-order commands per second (default: about half of what one write-api
-        /// sustains here with the whole pipeline running).
-        #[arg(long, default_value_t = 150)]
-        rate: u32,
+        /// Commands per second. Default: half of what a 25-second closed-loop calibration on the
+        /// same pipeline sustains, measured first.
+        #[arg(long)]
+        rate: Option<u32>,
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },

@@ -567,6 +567,25 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Deletes every key under `prefix` in the tests' Redis ([`REDIS_URL`]); a Redis that does not
+/// answer is left alone, as this runs while cleaning up.
+pub async fn delete_redis_keys(prefix: &str) {
+    let Ok(client) = redis::Client::open(REDIS_URL) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+    }
+}
+
 /// Declares the read-api's topology (the exchange, its projector queue and dead letters) as
 /// the read-api does, so events published before it first starts wait in its queue.
 async fn declare_projector_topology(amqp_url: &str, exchange: &str) {
@@ -615,18 +634,7 @@ impl Drop for Pipeline {
                 if local_broker {
                     crate::relay::broker::delete(format!("{q}.dlx"), vec![q.clone(), format!("{q}.dead")]).await;
                 }
-                if let Ok(client) = redis::Client::open(REDIS_URL)
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{prefix}*"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    for chunk in keys.chunks(500) {
-                        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
-                    }
-                }
+                delete_redis_keys(&prefix).await;
             });
         })
         .join();
@@ -1118,6 +1126,63 @@ impl Load {
             n += t.await.expect("load task");
         }
         n
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A load generator's HTTP client.
+
+/// One keep-alive HTTP client for a load generator (`bench soak`), shared by all its tasks: the
+/// connections are pooled and reused, so a command costs a request, not a TCP handshake, and the
+/// generator stays cheap next to the services it measures. Cheap to clone (one pool).
+#[derive(Clone)]
+pub struct JsonClient {
+    client: reqwest::Client,
+}
+
+/// As much of a command's answer as a load generator needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub status: u16,
+    /// The `id` in the body of a success (the order or product it created or changed).
+    pub id: Option<Uuid>,
+    /// The `code` of a refusal's problem+json body (`insufficient_stock`, `invalid_transition`).
+    pub code: Option<String>,
+}
+
+impl JsonClient {
+    /// A client keeping up to `idle_per_host` idle connections to each host and giving up on a
+    /// request after `timeout`.
+    pub fn new(idle_per_host: usize, timeout: Duration) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(idle_per_host)
+            .build()?;
+        Ok(Self { client })
+    }
+
+    /// `POST url` with `body` as JSON and a bearer `token`; `Err` when nothing answered.
+    pub async fn post(&self, url: &str, token: &str, body: &Value) -> anyhow::Result<Posted> {
+        #[derive(Default, serde::Deserialize)]
+        struct Fields {
+            id: Option<Uuid>,
+            code: Option<String>,
+        }
+        let res = self.client.post(url).bearer_auth(token).json(body).send().await?;
+        let status = res.status().as_u16();
+        // Read to the end: only a fully read answer gives its connection back to the pool.
+        let bytes = res.bytes().await?;
+        let fields: Fields = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(Posted {
+            status,
+            id: fields.id,
+            code: fields.code,
+        })
+    }
+
+    /// The body of `GET url` (a `/metrics` page); `Err` unless it answered 2xx.
+    pub async fn get_text(&self, url: &str) -> anyhow::Result<String> {
+        Ok(self.client.get(url).send().await?.error_for_status()?.text().await?)
     }
 }
 
