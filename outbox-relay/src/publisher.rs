@@ -252,27 +252,28 @@ impl Publisher {
                 };
                 let started = Instant::now();
                 // Mandatory: a message no queue takes is returned, not confirmed and dropped.
-                let publish = conn.channel.basic_publish(
-                    self.topology.exchange.as_str().into(),
-                    routing_key,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    row.payload.as_bytes(),
-                    props,
-                );
-                match publish.await {
-                    Ok(confirm) => {
+                // Not awaited here: lapin queues the frames when the future is first polled and
+                // resolves it once its I/O thread has written them, so awaiting each publish in
+                // turn costs a wake-up and a write per message. Polled together, the publishes
+                // of the window go out in few writes. Their order on the wire is the order of
+                // their first polls, which only matters within an aggregate, and an aggregate
+                // has at most one message in flight.
+                let (channel, exchange) = (conn.channel.clone(), self.topology.exchange.as_str().into());
+                inflight.push(Box::pin(async move {
+                    let result = async {
+                        let options = BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        };
+                        let confirm = channel
+                            .basic_publish(exchange, routing_key, options, row.payload.as_bytes(), props)
+                            .await?;
                         metrics::histogram!("relay_publish_seconds").record(started.elapsed().as_secs_f64());
-                        inflight.push(Box::pin(async move { (key, row, started, span, confirm.await) }));
+                        confirm.await
                     }
-                    Err(e) => {
-                        trace_context::fail(&span, e.to_string());
-                        out.unfinished.insert(key);
-                        out.broken = Some(e.to_string());
-                    }
-                }
+                    .await;
+                    (key, row, started, span, result)
+                }));
             }
             if inflight.is_empty() {
                 break;
@@ -291,7 +292,10 @@ impl Publisher {
             {
                 returned.insert(id.to_string(), returned_reason(r));
             }
-            if let Some(reason) = returned.remove(&row.event_id.to_string()) {
+            // Returns are rare: the id is only rendered to look one up when there are some.
+            if !returned.is_empty()
+                && let Some(reason) = returned.remove(&row.event_id.to_string())
+            {
                 trace_context::fail(&span, reason.as_str());
                 queues.remove(&key);
                 out.unfinished.insert(key.clone());

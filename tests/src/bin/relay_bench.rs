@@ -14,7 +14,7 @@
 //! days (the retention is 7) and the relays run their cleanup every 30 s, so drain and lag are
 //! measured with a history and a cleanup at work (`bench growth` compares N = 0 with millions).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,10 +22,12 @@ use diesel::QueryableByName;
 use diesel::sql_types::Double;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use ordering_tests::cpu::{CpuMeter, Group, report_per_unit};
 use ordering_tests::figures::Figure;
 use ordering_tests::process::ServiceProcess;
 use ordering_tests::relay::broker::{AMQP_URL, TestExchange};
@@ -91,15 +93,22 @@ async fn main() -> anyhow::Result<()> {
 /// limit is measured again right before each relay run and the ratio taken against it.
 /// Returns the relays' rate.
 async fn drain_against_raw(instances: usize, payload_len: usize) -> anyhow::Result<f64> {
-    let raw = raw_publish(payload_len).await?;
+    let (raw, raw_cost) = raw_publish(payload_len).await?;
     println!("(a) raw lapin, confirms, window {WINDOW}: {raw:.0} msgs/s");
     let raw_id = format!("raw.lapin_confirms.before_relays{instances}");
+    report_per_unit(&raw_id, "message, raw publishing", &raw_cost, f64::from(ROWS));
     Figure::new(&raw_id, "raw lapin publishing, confirms windowed", raw, "msgs/s")
         .with("window", WINDOW)
         .with("payload_bytes", payload_len)
         .with("queues", "topic exchange + stream")
         .emit();
-    let rate = drain(instances).await?;
+    let (rate, cost) = drain(instances).await?;
+    report_per_unit(
+        &format!("relay.drain.relays{instances}"),
+        &format!("row, {instances} relay(s) draining"),
+        &cost,
+        f64::from(ROWS),
+    );
     println!(
         "(b) relay, {instances} instance(s), {ROWS} rows: {rate:.0} msgs/s = {:.0}% of raw",
         rate / raw * 100.0
@@ -157,8 +166,18 @@ async fn sample_payload_len() -> usize {
         .len()
 }
 
-/// (a): a plain lapin loop keeping `WINDOW` confirms outstanding.
-async fn raw_publish(size: usize) -> anyhow::Result<f64> {
+/// The groups of processes a publishing run is charged to: `publisher` (the relays or this
+/// process), PostgreSQL and RabbitMQ.
+fn cost_groups(publisher: Group) -> Vec<(&'static str, Group)> {
+    vec![
+        ("publisher", publisher),
+        ("postgres", Group::Named("postgres".into())),
+        ("broker", Group::Named("beam.smp".into())),
+    ]
+}
+
+/// (a): a plain lapin loop keeping `WINDOW` confirms outstanding; the rate and its CPU cost.
+async fn raw_publish(size: usize) -> anyhow::Result<(f64, Vec<(String, f64)>)> {
     let ex = TestExchange::new().await;
     let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
@@ -172,32 +191,44 @@ async fn raw_publish(size: usize) -> anyhow::Result<f64> {
     outbox_relay::broker::declare(&conn, &ch, &topology).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body = vec![b'x'; size];
+    let meter = CpuMeter::start(cost_groups(Group::This));
     let started = Instant::now();
-    let mut window = VecDeque::with_capacity(WINDOW);
+    // Publish and confirm in one future, up to `WINDOW` of them polled together, as the relay
+    // does: lapin resolves a publish once its I/O thread has written the frames, so awaiting
+    // each publish before the next would cost a thread wake-up and a write per message, and
+    // the limit would be lapin's hand-off rather than the broker's.
+    let body = &body;
+    let ch = &ch;
+    let exchange = ex.name.as_str();
+    let mut window = FuturesUnordered::new();
     for i in 0..ROWS {
-        if window.len() == WINDOW {
-            let confirm: lapin::PublisherConfirm = window.pop_front().expect("window");
-            anyhow::ensure!(confirm.await?.is_ack());
+        if window.len() == WINDOW
+            && let Some(confirm) = window.next().await
+        {
+            let confirm: Result<lapin::Confirmation, lapin::Error> = confirm;
+            anyhow::ensure!(confirm?.is_ack());
         }
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/cloudevents+json".into())
             .with_message_id(i.to_string().into());
-        let c = ch
-            .basic_publish(
-                ex.name.as_str().into(),
+        window.push(async move {
+            ch.basic_publish(
+                exchange.into(),
                 "order.placed".into(),
                 BasicPublishOptions::default(),
-                &body,
+                body,
                 props,
             )
-            .await?;
-        window.push_back(c);
+            .await?
+            .await
+        });
     }
-    for c in window {
-        anyhow::ensure!(c.await?.is_ack());
+    while let Some(confirm) = window.next().await {
+        anyhow::ensure!(confirm?.is_ack());
     }
-    Ok(f64::from(ROWS) / started.elapsed().as_secs_f64())
+    let rate = f64::from(ROWS) / started.elapsed().as_secs_f64();
+    Ok((rate, meter.used()))
 }
 
 /// `RELAY_BENCH_HISTORY_ROWS`, if set.
@@ -240,8 +271,8 @@ struct Span {
 }
 
 /// (b): `instances` relays drain `ROWS` rows committed at once; the rate is measured from
-/// the first to the last `sent_at`.
-async fn drain(instances: usize) -> anyhow::Result<f64> {
+/// the first to the last `sent_at`. Returns it with the CPU the drain cost.
+async fn drain(instances: usize) -> anyhow::Result<(f64, Vec<(String, f64)>)> {
     let db = TestDatabase::new().await;
     let ex = TestExchange::new().await;
     let env = with_history_settings(
@@ -279,10 +310,14 @@ async fn drain(instances: usize) -> anyhow::Result<f64> {
     c.batch_execute("BEGIN").await?;
     insert_events(&mut c, "outbox", "agg-", AGGREGATES, 1, ROWS / AGGREGATES, PAD).await;
     c.batch_execute("COMMIT").await?;
+    let meter = CpuMeter::start(cost_groups(Group::Pids(
+        relays.iter().map(ServiceProcess::pid).collect(),
+    )));
     wait_until("the outbox to drain", Duration::from_secs(300), || async {
         unsent(&mut db.conn().await, "outbox").await == 0
     })
     .await;
+    let cost = meter.used();
     let span: Span =
         diesel::sql_query(
             "SELECT extract(epoch FROM max(sent_at) - min(sent_at))::float8 AS secs FROM outbox WHERE aggregate_id LIKE 'agg-%'",
@@ -290,7 +325,7 @@ async fn drain(instances: usize) -> anyhow::Result<f64> {
             .get_result(&mut c)
             .await?;
     drop(relays);
-    Ok(f64::from(ROWS) / span.secs)
+    Ok((f64::from(ROWS) / span.secs, cost))
 }
 
 /// (c): rows inserted at `rate` per second by 4 writers for 10 s; lag = delivery instant −
