@@ -5,6 +5,7 @@
 pub mod admin_page;
 pub mod api_docs;
 pub mod browser;
+pub mod cpu;
 pub mod figures;
 pub mod metrics_text;
 pub mod otlp;

@@ -93,6 +93,11 @@ impl ServiceProcess {
         Self { child, addr }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://addr{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use diesel_async::RunQueryDsl;
 use hdrhistogram::Histogram;
+use ordering_tests::cpu::{CpuMeter, Group, report_per_unit};
 use ordering_tests::figures::Figure;
 use ordering_tests::test_db::TestDatabase;
 use ordering_tests::write_app::{SECRET, customer_token};
@@ -54,8 +55,20 @@ async fn main() -> anyhow::Result<()> {
         "", "tps", "p50ms", "p99ms", "tps", "p50ms", "p99ms", ""
     );
     for clients in [1usize, 8, 32] {
+        // pgbench runs as this process's child, so its CPU is this process's once it ended.
+        let meter = CpuMeter::start(vec![
+            ("postgres", Group::Named("postgres".into())),
+            ("load generator", Group::This),
+        ]);
         let raw = run_pgbench(&db, &script, clients, seconds)?;
+        let raw_cost = meter.used();
+        let meter = CpuMeter::start(vec![
+            ("write-api", Group::Pids(vec![server.id()])),
+            ("postgres", Group::Named("postgres".into())),
+            ("load generator", Group::This),
+        ]);
         let http = run_http(&base, ids.clone(), clients, Duration::from_secs(seconds)).await?;
+        let http_cost = meter.used();
         println!(
             "{clients:>7} | {:>8.0} {:>6.2} {:>6.2} | {:>8.0} {:>6.2} {:>6.2} | {:>5.0}%",
             http.tps,
@@ -65,6 +78,18 @@ async fn main() -> anyhow::Result<()> {
             raw.p50_ms,
             raw.p99_ms,
             100.0 * http.tps / raw.tps
+        );
+        report_per_unit(
+            &format!("raw.pgbench.c{clients}"),
+            &format!("transaction, pgbench, {clients} clients"),
+            &raw_cost,
+            raw.tps * seconds as f64,
+        );
+        report_per_unit(
+            &format!("write.http.c{clients}"),
+            &format!("order, write-api, {clients} clients"),
+            &http_cost,
+            http.tps * seconds as f64,
         );
         for (side, f, raw_id) in [
             ("raw.pgbench", &raw, None),
@@ -286,8 +311,10 @@ async fn run_http(base: &str, ids: Arc<Vec<Uuid>>, clients: usize, duration: Dur
                 let (a, b) = pick_pair();
                 let body = json!({"lines": [{"product_id": ids[a - 1], "quantity": 1}, {"product_id": ids[b - 1], "quantity": 1}]});
                 let t = Instant::now();
+                // The body is read, as a client would: a response dropped unread closes its
+                // connection instead of returning it to the pool.
                 let ok = match client.post(format!("{base}/v1/orders")).bearer_auth(token.as_str()).json(&body).send().await {
-                    Ok(r) => r.status() == 201,
+                    Ok(r) => r.status() == 201 && r.bytes().await.is_ok(),
                     Err(_) => false,
                 };
                 if ok {

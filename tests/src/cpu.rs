@@ -1,0 +1,175 @@
+//! CPU time spent by groups of processes (the relay, PostgreSQL, the broker, the benchmark
+//! itself), read from `/proc`. On two cores shared by every part of the pipeline, a stage's
+//! throughput is the cores divided by the CPU each row costs all the processes together, so the
+//! benchmarks report that cost per row and per process rather than only a rate.
+
+use std::collections::HashMap;
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times: `USER_HZ`, 100 on every Linux
+/// architecture this runs on (the kernel fixes it for user space whatever its own tick).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU seconds of `pid` so far, with those of its children that ended and were
+/// waited for (so PostgreSQL's backends that came and went count, under the postmaster, and so
+/// does a load generator run to its end), or `None` if it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the name
+    // and the state.
+    let mut ticks = 0.0;
+    for i in 11..15 {
+        ticks += fields.get(i)?.parse::<f64>().ok()?;
+    }
+    Some(ticks / TICKS_PER_SECOND)
+}
+
+/// The processes whose command name (`/proc/<pid>/comm`) is `comm`.
+pub fn pids_named(comm: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm))
+        .collect()
+}
+
+/// A named group of processes whose CPU time is summed.
+#[derive(Debug, Clone)]
+pub enum Group {
+    /// These processes.
+    Pids(Vec<u32>),
+    /// Every process of this command name when sampled: PostgreSQL's backends come and go.
+    Named(String),
+    /// The calling process.
+    This,
+}
+
+impl Group {
+    fn sample(&self) -> HashMap<u32, f64> {
+        let pids = match self {
+            Group::Pids(p) => p.clone(),
+            Group::Named(comm) => pids_named(comm),
+            Group::This => vec![std::process::id()],
+        };
+        pids.into_iter().filter_map(|p| Some((p, cpu_seconds(p)?))).collect()
+    }
+}
+
+/// CPU time of several groups from a starting point.
+pub struct CpuMeter {
+    groups: Vec<(String, Group, HashMap<u32, f64>)>,
+    machine_busy: Option<f64>,
+}
+
+impl CpuMeter {
+    /// Starts counting for `groups` (name, group) now.
+    pub fn start(groups: Vec<(&str, Group)>) -> Self {
+        Self {
+            groups: groups
+                .into_iter()
+                .map(|(n, g)| {
+                    let s = g.sample();
+                    (n.to_owned(), g, s)
+                })
+                .collect(),
+            machine_busy: machine_busy_seconds(),
+        }
+    }
+
+    /// CPU seconds each group used since the start, in the order given, then `machine` (every
+    /// core's busy time, whoever used it). A process started since counts from zero; one that
+    /// ended since is missed.
+    pub fn used(&self) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = self
+            .groups
+            .iter()
+            .map(|(name, g, before)| {
+                let used = g
+                    .sample()
+                    .iter()
+                    .map(|(pid, now)| (now - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
+                    .sum();
+                (name.clone(), used)
+            })
+            .collect();
+        if let (Some(before), Some(now)) = (self.machine_busy, machine_busy_seconds()) {
+            out.push(("machine".to_owned(), now - before));
+        }
+        out
+    }
+}
+
+/// Prints and emits (as `cost.{of}.{group}` figures, in µs) what each unit of work (a
+/// message, a transaction) cost each group of `used` (from [`CpuMeter::used`]) over `units`.
+pub fn report_per_unit(of: &str, label: &str, used: &[(String, f64)], units: f64) {
+    let per_unit: Vec<(&str, f64)> = used
+        .iter()
+        .map(|(g, secs)| (g.as_str(), secs * 1e6 / units.max(1.0)))
+        .collect();
+    let line: Vec<String> = per_unit.iter().map(|(g, us)| format!("{g} {us:.1}")).collect();
+    println!("    CPU µs each, {label}: {}", line.join(", "));
+    for (group, us) in per_unit {
+        crate::figures::Figure::new(
+            format!("cost.{of}.{group}"),
+            format!("CPU each, {label}: {group}"),
+            us,
+            "µs",
+        )
+        .with("units", units)
+        .emit();
+    }
+}
+
+/// Busy CPU seconds of all cores since boot (`/proc/stat`: everything but idle and iowait).
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<f64> = cpu.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle) / TICKS_PER_SECOND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_loop_is_counted_for_this_process_and_the_machine() {
+        let meter = CpuMeter::start(vec![("me", Group::This)]);
+        let end = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        let mut x = 0u64;
+        while std::time::Instant::now() < end {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let used = meter.used();
+        assert_eq!(used[0].0, "me");
+        assert!(used[0].1 >= 0.2, "{used:?}");
+        assert_eq!(used[1].0, "machine");
+        assert!(used[1].1 >= used[0].1 - 0.02, "{used:?}");
+    }
+
+    #[test]
+    fn a_child_that_ended_and_was_waited_for_is_counted() {
+        let meter = CpuMeter::start(vec![("me", Group::This)]);
+        // A fixed amount of work for the child (a few tenths of a second of CPU); this
+        // process only waits meanwhile, so without the child's time it would count ~0.
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let used = meter.used();
+        assert!(used[0].1 >= 0.05, "{used:?}");
+    }
+
+    #[test]
+    fn this_process_is_found_by_its_name() {
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert!(pids_named(comm.trim_end()).contains(&std::process::id()));
+    }
+}
