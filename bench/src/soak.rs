@@ -699,8 +699,9 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 impl Services {
-    /// Starts write-api, read-api and two relays with the settings the e2e tests' `Pipeline`
-    /// gives them, less its proxies; each logs to a file in `logs`. Panics (as the test
+    /// Starts write-api, read-api and two relays with their default settings (the e2e tests'
+    /// `Pipeline` shortens timeouts for its faults; a soak has none) but the names of this run
+    /// and a short outbox retention; each logs to a file in `logs`. Panics (as the test
     /// support it uses does) if a service does not start: run it in a task of its own.
     async fn start(pg: PgServer, names: RunNames, logs: PathBuf) -> Self {
         let write_db = pg.create_database("ordering").await;
@@ -713,21 +714,13 @@ impl Services {
         let stream = format!("{exchange}.log");
         let queue = names.projector_queue();
         let common = [("RUST_LOG", "warn"), ("LOG_FORMAT", "pretty")];
-        let mut write_env = env(&[
-            ("DATABASE_URL", write_db.as_str()),
-            ("JWT_SECRET", SECRET),
-            ("REQUEST_TIMEOUT", "5s"),
-        ]);
+        let mut write_env = env(&[("DATABASE_URL", write_db.as_str()), ("JWT_SECRET", SECRET)]);
         write_env.extend(env(&common));
         let mut relay_env = env(&[
             ("DATABASE_URL", write_db.as_str()),
             ("AMQP_URL", AMQP_URL),
             ("OUTBOX_EXCHANGE", exchange),
-            ("RELAY_POLL_INTERVAL", "200ms"),
-            ("RELAY_LEASE_TTL", "2s"),
-            ("RELAY_BREAKER_FAILURES", "3"),
-            ("RELAY_BREAKER_COOLDOWN", "1s"),
-            ("RELAY_CONFIRM_TIMEOUT", "5s"),
+            // Kept short so the broker's disk does not fill over a long soak.
             ("EVENT_LOG_MAX_AGE", "1h"),
             ("OUTBOX_RETENTION", "2m"),
             ("OUTBOX_CLEANUP_CRON", "*/30 * * * * *"),
@@ -743,7 +736,6 @@ impl Services {
             ("EVENT_LOG_STREAM", stream.as_str()),
             ("PROJECTOR_QUEUE", queue.as_str()),
             ("JWT_SECRET", SECRET),
-            ("CACHE_TTL", "120s"),
         ]);
         read_env.extend(env(&common));
         let ready = ordering_tests::pipeline::READY;
@@ -1287,7 +1279,9 @@ pub async fn run(duration: Duration, rate: Option<u32>, out: &Path) -> anyhow::R
         "write-api, read-api and two outbox-relays started directly as child processes (the binaries the \
          benchmarks start), with no proxy and no delivery recorder in the path"
             .to_owned(),
-        "relays: OUTBOX_RETENTION=2m, OUTBOX_CLEANUP_CRON=*/30 * * * * *, RELAY_POLL_INTERVAL=200ms".to_owned(),
+        "services at their default settings, but the relays with OUTBOX_RETENTION=2m and \
+         OUTBOX_CLEANUP_CRON=*/30 * * * * * (the outbox reaches its steady state within the run)"
+            .to_owned(),
         format!(
             "PostgreSQL: a server of the run's own (PgServer) with `{}`; RabbitMQ and Redis: the machine's, \
              under exchange {} and key prefix {} (deleted after)",
