@@ -37,9 +37,10 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use indicatif::{ProgressBar, ProgressStyle};
+use ordering_tests::cpu::Group;
 use ordering_tests::pg_server::PgServer;
-use ordering_tests::pipeline::{JsonClient, Posted, REDIS_URL, delete_redis_keys, memory_kib, pid_of};
-use ordering_tests::process::{ServiceProcess, addr_var};
+use ordering_tests::pipeline::{JsonClient, Posted, REDIS_URL, delete_redis_keys, memory_kib};
+use ordering_tests::process::ServiceProcess;
 use ordering_tests::relay::broker::{AMQP_URL, delete};
 use ordering_tests::write_app::{SECRET, token_with};
 use serde::Serialize;
@@ -582,7 +583,7 @@ struct Calibration {
 
 /// Closed loop: `workers` tasks each sending a command as soon as the last was answered, for
 /// `warm_up + measured`; the answers after the warm-up give the rate the pipeline sustains.
-async fn calibrate(client: &JsonClient, work: &Arc<Workload>, clk_tck: f64) -> Calibration {
+async fn calibrate(client: &JsonClient, work: &Arc<Workload>) -> Calibration {
     let tally = Arc::new(Tally::default());
     let end = Instant::now() + CALIBRATION_WARM_UP + CALIBRATION_MEASURED;
     let tasks: Vec<_> = (0..CALIBRATION_WORKERS)
@@ -598,13 +599,13 @@ async fn calibrate(client: &JsonClient, work: &Arc<Workload>, clk_tck: f64) -> C
         .collect();
     tokio::time::sleep(CALIBRATION_WARM_UP).await;
     let before = tally.snapshot();
-    let cpu_before = own_cpu_ticks();
+    let cpu_before = Group::This.seconds();
     let idle = tokio::spawn(machine::idle_share(CALIBRATION_MEASURED));
     let t0 = Instant::now();
     tokio::time::sleep_until(end).await;
     let counts = tally.snapshot().since(&before);
     let secs = t0.elapsed().as_secs_f64();
-    let bench_cpu_share = cpu_share(cpu_before, own_cpu_ticks(), clk_tck, secs);
+    let bench_cpu_share = cpu_share(cpu_before, Group::This.seconds(), secs);
     for t in tasks {
         let _ = t.await;
     }
@@ -776,17 +777,12 @@ impl Services {
             .relays
             .iter()
             .enumerate()
-            .map(|(i, r)| (format!("outbox-relay {}", i + 1), "outbox-relay", r));
-        [("write-api".to_owned(), "write-api", &self.write_api)]
+            .map(|(i, r)| (format!("outbox-relay {}", i + 1), r));
+        [("write-api".to_owned(), &self.write_api)]
             .into_iter()
             .chain(relays)
-            .chain([("read-api".to_owned(), "read-api", &self.read_api)])
-            .filter_map(|(name, package, s)| {
-                Some(Watched {
-                    name,
-                    pid: pid_of(addr_var(package), s.addr)?,
-                })
-            })
+            .chain([("read-api".to_owned(), &self.read_api)])
+            .map(|(name, s)| Watched { name, pid: s.pid() })
             .collect()
     }
 
@@ -872,69 +868,21 @@ fn quantile_ms(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f6
     None
 }
 
-/// The fields of a `/proc/<pid>/stat` line after the command name (which is in parentheses and
-/// may hold spaces): index 1 is the parent's pid, 11 and 12 the process's user and system time
-/// (clock ticks), 13 and 14 those of the children it has waited for.
-fn stat_fields(stat: &str) -> Option<Vec<&str>> {
-    Some(stat.rsplit_once(')')?.1.split_whitespace().collect())
-}
-
-fn stat_field(fields: &[&str], i: usize) -> Option<u64> {
-    fields.get(i)?.parse().ok()
-}
-
-/// User plus system CPU time (clock ticks) in a `/proc/<pid>/stat` line.
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    let f = stat_fields(stat)?;
-    Some(stat_field(&f, 11)? + stat_field(&f, 12)?)
-}
-
-/// CPU time of a process and all its children, from its stat line and every process's: its own,
-/// its reaped children's, and its live children's. A child's time moves from the last share to the
-/// second when it exits, so the sum never falls as backends come and go.
-fn tree_ticks(parent: u64, parent_stat: &str, all: &[String]) -> Option<u64> {
-    let f = stat_fields(parent_stat)?;
-    let own = stat_field(&f, 11)? + stat_field(&f, 12)? + stat_field(&f, 13)? + stat_field(&f, 14)?;
-    let children: u64 = all
-        .iter()
-        .filter_map(|stat| stat_fields(stat))
-        .filter(|f| stat_field(f, 1) == Some(parent))
-        .filter_map(|f| Some(stat_field(&f, 11)? + stat_field(&f, 12)?))
-        .sum();
-    Some(own + children)
-}
-
-/// CPU time of the soak's PostgreSQL server (the postmaster of the cluster in `cluster` and its
-/// backends, autovacuum workers, checkpointer, ...).
-fn postgres_cpu_ticks(cluster: &Path) -> Option<u64> {
-    let pid: u64 = std::fs::read_to_string(cluster.join("data").join("postmaster.pid"))
+/// The pid of the postmaster of the PostgreSQL cluster in `cluster`.
+fn postmaster_pid(cluster: &Path) -> Option<u32> {
+    std::fs::read_to_string(cluster.join("data").join("postmaster.pid"))
         .ok()?
         .lines()
         .next()?
         .trim()
         .parse()
-        .ok()?;
-    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let all: Vec<String> = std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .collect();
-    tree_ticks(pid, &parent, &all)
+        .ok()
 }
 
-fn process_cpu_ticks(pid: u32) -> Option<u64> {
-    cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-fn own_cpu_ticks() -> Option<u64> {
-    cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)
-}
-
-/// Share of one core used between two readings `secs` apart (1.0 = a whole core).
-fn cpu_share(before: Option<u64>, after: Option<u64>, clk_tck: f64, secs: f64) -> Option<f64> {
+/// Share of one core used between two readings (CPU seconds) `secs` apart (1.0 = a whole core).
+fn cpu_share(before: Option<f64>, after: Option<f64>, secs: f64) -> Option<f64> {
     let (b, a) = (before?, after?);
-    (secs > 0.0 && clk_tck > 0.0).then(|| a.saturating_sub(b) as f64 / clk_tck / secs)
+    (secs > 0.0).then(|| (a - b).max(0.0) / secs)
 }
 
 /// What the rest of the machine used (share of one core): `cpus` less the idle share, less what
@@ -943,17 +891,6 @@ fn other_cpu_share(idle: f64, cpus: usize, named: &[(String, f64)], own: Option<
     let busy = (1.0 - idle) * cpus as f64;
     let ours = named.iter().map(|(_, v)| v).sum::<f64>() + own?;
     busy.is_finite().then(|| (busy - ours).max(0.0))
-}
-
-/// Clock ticks a second of `/proc/*/stat` (`getconf CLK_TCK`; 100, Linux's value, if that fails).
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
 }
 
 #[derive(QueryableByName)]
@@ -1203,7 +1140,6 @@ pub async fn run(duration: Duration, rate: Option<u32>, out: &Path) -> anyhow::R
     std::fs::create_dir_all(out)?;
     let cpu_idle_before = machine::idle_share(Duration::from_secs(1)).await;
     let started = chrono::Utc::now();
-    let clk_tck = clock_ticks();
     let logs = std::env::temp_dir().join(format!("soak-logs-{}", started.format("%Y%m%dT%H%M%S")));
     std::fs::create_dir_all(&logs)?;
     let mut notes = Vec::new();
@@ -1239,7 +1175,7 @@ pub async fn run(duration: Duration, rate: Option<u32>, out: &Path) -> anyhow::R
                 "soak: calibrating, {CALIBRATION_WORKERS} workers closed loop for {} s",
                 (CALIBRATION_WARM_UP + CALIBRATION_MEASURED).as_secs()
             );
-            let mut c = calibrate(&client, &work, clk_tck).await;
+            let mut c = calibrate(&client, &work).await;
             c.drained_after_s = wait_drained(&services.write_db, DRAIN_LIMIT).await;
             if c.drained_after_s.is_none() {
                 notes.push(format!(
@@ -1270,7 +1206,6 @@ pub async fn run(duration: Duration, rate: Option<u32>, out: &Path) -> anyhow::R
         client: &client,
         work: &work,
         watched: &watched,
-        clk_tck,
     }
     .run(duration, rate_asked, &mut notes)
     .await;
@@ -1333,18 +1268,19 @@ struct Soak<'a> {
     client: &'a JsonClient,
     work: &'a Arc<Workload>,
     watched: &'a [Watched],
-    clk_tck: f64,
 }
 
 impl Soak<'_> {
-    /// CPU time so far of each service and of the soak's PostgreSQL server, named.
-    fn cpu_ticks(&self) -> Vec<(String, Option<u64>)> {
-        let mut all: Vec<(String, Option<u64>)> = self
+    /// CPU seconds so far of each service and of the soak's PostgreSQL server (its postmaster
+    /// and the backends, autovacuum workers, checkpointer... under it), named.
+    fn cpu_seconds(&self) -> Vec<(String, Option<f64>)> {
+        let mut all: Vec<(String, Option<f64>)> = self
             .watched
             .iter()
-            .map(|w| (w.name.clone(), process_cpu_ticks(w.pid)))
+            .map(|w| (w.name.clone(), Group::Pids(vec![w.pid]).seconds()))
             .collect();
-        all.push(("postgres".to_owned(), postgres_cpu_ticks(self.services.pg.dir())));
+        let server = postmaster_pid(self.services.pg.dir()).and_then(|pid| Group::Tree(pid).seconds());
+        all.push(("postgres".to_owned(), server));
         all
     }
 
@@ -1362,7 +1298,6 @@ impl Soak<'_> {
             client,
             work,
             watched,
-            clk_tck,
         } = *self;
         println!(
             "soak: {rate} commands/s for {} s, sampled every minute",
@@ -1377,8 +1312,8 @@ impl Soak<'_> {
         let tally = Arc::new(Tally::default());
         let mut relay_before = buckets(&services.relay_metrics(client).await, RELAY_LAG);
         let mut read_before = buckets(&services.read_metrics(client).await, READ_LAG);
-        let mut cpu_before = self.cpu_ticks();
-        let mut own_before = own_cpu_ticks();
+        let mut cpu_before = self.cpu_seconds();
+        let mut own_before = Group::This.seconds();
         let t0 = Instant::now();
         let generator = tokio::spawn(open_loop(
             f64::from(rate),
@@ -1400,8 +1335,8 @@ impl Soak<'_> {
             last = now;
             let counts_now = tally.snapshot();
             let c = counts_now.since(&counts_before);
-            let cpu_now = self.cpu_ticks();
-            let own_now = own_cpu_ticks();
+            let cpu_now = self.cpu_seconds();
+            let own_now = Group::This.seconds();
             let relay_now = buckets(&services.relay_metrics(client).await, RELAY_LAG);
             let read_now = buckets(&services.read_metrics(client).await, READ_LAG);
             let stats = match table_stats(&services.write_db).await {
@@ -1425,9 +1360,9 @@ impl Soak<'_> {
             let cpu_share_now: Vec<(String, f64)> = cpu_before
                 .iter()
                 .zip(&cpu_now)
-                .filter_map(|((name, b), (_, a))| Some((name.clone(), cpu_share(*b, *a, clk_tck, secs)?)))
+                .filter_map(|((name, b), (_, a))| Some((name.clone(), cpu_share(*b, *a, secs)?)))
                 .collect();
-            let bench_cpu_share = cpu_share(own_before, own_now, clk_tck, secs);
+            let bench_cpu_share = cpu_share(own_before, own_now, secs);
             let machine_cpu_idle = idle.await.unwrap_or(f64::NAN);
             let m = Minute {
                 minute: minute as u32,
@@ -1868,18 +1803,9 @@ mod tests {
     }
 
     #[test]
-    fn cpu_time_is_read_past_a_command_name_with_spaces() {
-        let stat = "1234 (tokio (rt) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 9 0 100 0 0";
-        assert_eq!(cpu_ticks(stat), Some(300));
-        assert_eq!(cpu_ticks("garbage"), None);
-        assert_eq!(cpu_share(Some(100), Some(400), 100.0, 60.0), Some(0.05));
-        // A server: 10 + 5 of its own, 100 + 50 of exited children, 30 + 3 of a live child; the
-        // process of another parent does not count.
-        let server = "7 (postgres) S 1 7 7 0 -1 0 0 0 0 0 10 5 100 50 20 0 1 0 1 0 0";
-        let backend = "8 (postgres) S 7 7 7 0 -1 0 0 0 0 0 30 3 0 0 20 0 1 0 1 0 0".to_owned();
-        let stranger = "9 (bash) S 1 9 9 0 -1 0 0 0 0 0 500 500 0 0 20 0 1 0 1 0 0".to_owned();
-        assert_eq!(tree_ticks(7, server, &[backend, stranger]), Some(198));
-        assert_eq!(cpu_share(None, Some(400), 100.0, 60.0), None);
+    fn cpu_shares_are_per_second_and_the_rest_of_the_machine_is_what_is_left() {
+        assert_eq!(cpu_share(Some(1.0), Some(4.0), 60.0), Some(0.05));
+        assert_eq!(cpu_share(None, Some(4.0), 60.0), None);
         // 2 cores 25% idle: 1.5 cores busy, 0.5 + 0.2 + 0.1 of them ours.
         let named = [("a".to_owned(), 0.5), ("b".to_owned(), 0.2)];
         let other = other_cpu_share(0.25, 2, &named, Some(0.1)).unwrap();

@@ -3,27 +3,61 @@
 //! throughput is the cores divided by the CPU each row costs all the processes together, so the
 //! benchmarks report that cost per row and per process rather than only a rate.
 
-use std::collections::HashMap;
-
 /// Clock ticks per second of `/proc/<pid>/stat`'s times: `USER_HZ`, 100 on every Linux
 /// architecture this runs on (the kernel fixes it for user space whatever its own tick).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// User + system CPU seconds of `pid` so far, with those of its children that ended and were
-/// waited for (so PostgreSQL's backends that came and went count, under the postmaster, and so
-/// does a load generator run to its end), or `None` if it is gone.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The parent pid and the CPU seconds in a `/proc/<pid>/stat` line: user + system, with those
+/// of the children that ended and were waited for (so PostgreSQL's backends that came and went
+/// count, under the postmaster, and so does a load generator run to its end).
+pub fn parse_stat(stat: &str) -> Option<(u32, f64)> {
     // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
+    let parent = fields.get(1)?.parse().ok()?;
     // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the name
     // and the state.
     let mut ticks = 0.0;
     for i in 11..15 {
         ticks += fields.get(i)?.parse::<f64>().ok()?;
     }
-    Some(ticks / TICKS_PER_SECOND)
+    Some((parent, ticks / TICKS_PER_SECOND))
+}
+
+/// CPU seconds of `pid` so far ([`parse_stat`]), or `None` if it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|(_, s)| s)
+}
+
+/// Every process's pid and stat line.
+fn all_stats() -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, std::fs::read_to_string(e.path().join("stat")).ok()?))
+        })
+        .collect()
+}
+
+/// CPU seconds of `parent` and of its live children, from every process's stat line: a child's
+/// time moves into the parent's when it ends, so the sum never falls as children come and go.
+pub fn tree_seconds(parent: u32, stats: &[(u32, String)]) -> Option<f64> {
+    let mut own = None;
+    let mut children = 0.0;
+    for (pid, stat) in stats {
+        let Some((ppid, secs)) = parse_stat(stat) else {
+            continue;
+        };
+        if *pid == parent {
+            own = Some(secs);
+        } else if ppid == parent {
+            children += secs;
+        }
+    }
+    Some(own? + children)
 }
 
 /// The processes whose command name (`/proc/<pid>/comm`) is `comm`.
@@ -37,31 +71,38 @@ pub fn pids_named(comm: &str) -> Vec<u32> {
         .collect()
 }
 
-/// A named group of processes whose CPU time is summed.
+/// A group of processes whose CPU time is summed.
 #[derive(Debug, Clone)]
 pub enum Group {
     /// These processes.
     Pids(Vec<u32>),
     /// Every process of this command name when sampled: PostgreSQL's backends come and go.
     Named(String),
-    /// The calling process.
+    /// A process and its children (a PostgreSQL server of its own: the postmaster's pid).
+    Tree(u32),
+    /// The calling process (with the children it waited for).
     This,
 }
 
 impl Group {
-    fn sample(&self) -> HashMap<u32, f64> {
-        let pids = match self {
-            Group::Pids(p) => p.clone(),
-            Group::Named(comm) => pids_named(comm),
-            Group::This => vec![std::process::id()],
+    /// CPU seconds the group used so far, `None` if none of it could be read.
+    pub fn seconds(&self) -> Option<f64> {
+        let sum = |pids: Vec<u32>| {
+            let times: Vec<f64> = pids.into_iter().filter_map(cpu_seconds).collect();
+            (!times.is_empty()).then(|| times.iter().sum())
         };
-        pids.into_iter().filter_map(|p| Some((p, cpu_seconds(p)?))).collect()
+        match self {
+            Group::Pids(p) => sum(p.clone()),
+            Group::Named(comm) => sum(pids_named(comm)),
+            Group::Tree(parent) => tree_seconds(*parent, &all_stats()),
+            Group::This => cpu_seconds(std::process::id()),
+        }
     }
 }
 
 /// CPU time of several groups from a starting point.
 pub struct CpuMeter {
-    groups: Vec<(String, Group, HashMap<u32, f64>)>,
+    groups: Vec<(String, Group, Option<f64>)>,
     machine_busy: Option<f64>,
 }
 
@@ -72,7 +113,7 @@ impl CpuMeter {
             groups: groups
                 .into_iter()
                 .map(|(n, g)| {
-                    let s = g.sample();
+                    let s = g.seconds();
                     (n.to_owned(), g, s)
                 })
                 .collect(),
@@ -82,17 +123,18 @@ impl CpuMeter {
 
     /// CPU seconds each group used since the start, in the order given, then `machine` (every
     /// core's busy time, whoever used it). A process started since counts from zero; one that
-    /// ended since is missed.
+    /// ended since is missed unless a process of the group waited for it.
     pub fn used(&self) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64)> = self
             .groups
             .iter()
             .map(|(name, g, before)| {
-                let used = g
-                    .sample()
-                    .iter()
-                    .map(|(pid, now)| (now - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
-                    .sum();
+                let used = match (before, g.seconds()) {
+                    (Some(b), Some(now)) => (now - b).max(0.0),
+                    // Nothing of the group was running at the start: all its time is new.
+                    (None, Some(now)) => now,
+                    (_, None) => 0.0,
+                };
                 (name.clone(), used)
             })
             .collect();
@@ -165,6 +207,27 @@ mod tests {
         assert!(status.success());
         let used = meter.used();
         assert!(used[0].1 >= 0.05, "{used:?}");
+    }
+
+    #[test]
+    fn a_tree_is_its_root_with_reaped_children_and_its_live_children() {
+        // pid (comm) state ppid ... utime stime cutime cstime at fields 14-17.
+        let line = |pid: u32, ppid: u32, ticks: [u32; 4]| {
+            let [u, s, cu, cs] = ticks;
+            (
+                pid,
+                format!("{pid} (post gres) S {ppid} 1 1 0 -1 4194304 0 0 0 0 {u} {s} {cu} {cs} 20 0 1 0"),
+            )
+        };
+        let stats = [
+            line(7, 1, [100, 20, 50, 10]),
+            line(8, 7, [30, 5, 0, 0]),
+            line(9, 1, [999, 0, 0, 0]),
+        ];
+        assert_eq!(parse_stat(&stats[0].1), Some((1, 1.8)));
+        let secs = tree_seconds(7, &stats).unwrap();
+        assert!((secs - 2.15).abs() < 1e-9, "{secs}");
+        assert_eq!(tree_seconds(5, &stats), None);
     }
 
     #[test]
