@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     for (rate, role) in [
         (100.0, "peer_rate"),
         ((one / 8.0).round(), "sweep"),
+        ((one * 3.0 / 16.0).round(), "sweep"),
         ((one / 4.0).round(), "quarter_of_max"),
         ((one / 2.0).round(), "half_of_max"),
     ] {
@@ -130,10 +131,11 @@ async fn drain_against_raw(instances: usize, payload_len: usize) -> anyhow::Resu
 /// Runs (c) at `rate` over `aggregates` aggregates and prints the figures, with the insert
 /// rate the writers achieved; `role` says why this rate was chosen.
 async fn report_lag(rate: f64, aggregates: i32, role: &str) -> anyhow::Result<()> {
-    let (p50, p99, max, n) = lag(rate, aggregates).await?;
+    let (p50, p99, max, n, idle) = lag(rate, aggregates).await?;
     let achieved = n as f64 / 9.0;
     println!(
-        "(c) end-to-end lag at {rate:.0} rows/s asked, {achieved:.0} achieved, over {aggregates} aggregates ({n} events measured): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
+        "(c) end-to-end lag at {rate:.0} rows/s asked, {achieved:.0} achieved, over {aggregates} aggregates ({n} events measured, CPU {:.0}% idle): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+        idle * 100.0
     );
     for (q, v) in [("p50", p50), ("p99", p99), ("max", max)] {
         Figure::new(
@@ -147,6 +149,7 @@ async fn report_lag(rate: f64, aggregates: i32, role: &str) -> anyhow::Result<()
         .with("aggregates", aggregates)
         .with("quantile", q)
         .with("events", n)
+        .with("cpu_idle", (idle * 100.0).round() / 100.0)
         .with("role", role)
         .emit();
     }
@@ -330,7 +333,9 @@ async fn drain(instances: usize) -> anyhow::Result<(f64, Vec<(String, f64)>)> {
 
 /// (c): rows inserted at `rate` per second by 4 writers for 10 s; lag = delivery instant −
 /// the instant the inserting statement's commit returned (0 if delivered before that).
-async fn lag(rate: f64, aggregates: i32) -> anyhow::Result<(f64, f64, f64, usize)> {
+/// Returns p50, p99 and max in ms, the events measured, and the machine's idle CPU share while
+/// the writers ran.
+async fn lag(rate: f64, aggregates: i32) -> anyhow::Result<(f64, f64, f64, usize, f64)> {
     let db = TestDatabase::new().await;
     let ex = TestExchange::new().await;
     let env = with_history_settings(RelayEnv::new(db.url(), &ex.name).set("RUST_LOG", "warn"));
@@ -374,7 +379,12 @@ async fn lag(rate: f64, aggregates: i32) -> anyhow::Result<(f64, f64, f64, usize
         }
     });
     let writer = SteadyWriter::start(db.url(), rate, aggregates, WRITERS, PER_STATEMENT, PAD);
+    let meter = CpuMeter::start(Vec::new());
+    let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let busy = meter.used().last().map_or(0.0, |(_, secs)| *secs);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let idle = (1.0 - busy / (cores * started.elapsed().as_secs_f64())).clamp(0.0, 1.0);
     let committed = writer.stop().await;
     let total = committed.len();
     wait_until("every event delivered", Duration::from_secs(60), || async {
@@ -399,5 +409,6 @@ async fn lag(rate: f64, aggregates: i32) -> anyhow::Result<(f64, f64, f64, usize
         ms(h.value_at_quantile(0.99)),
         ms(h.max()),
         h.len() as usize,
+        idle,
     ))
 }
