@@ -28,12 +28,21 @@ struct Shard {
     /// When the shard was last emptied (floors included): a fill whose read started before
     /// that may be older than a floor it can no longer see, so it is not stored.
     cleared: Instant,
+    /// When expired slots were last swept out.
+    swept: Instant,
 }
 
 impl Shard {
     /// Makes room in a full shard before `key` is added: expired slots go first (their
-    /// floors no longer count), then all.
-    fn make_room(&mut self, key: Key, now: Instant) {
+    /// floors no longer count), then all. Expired slots also go once every `ttl` whether the
+    /// shard is full or not: neither their entries nor their floors count any more, and kept
+    /// until the shard fills they made a read-api that writes more than it reads (every event
+    /// leaves a floor) grow to the tier's bound, 256k slots, and stay there.
+    fn make_room(&mut self, key: Key, now: Instant, ttl: Duration) {
+        if now.duration_since(self.swept) >= ttl {
+            self.slots.retain(|_, s| s.expires > now);
+            self.swept = now;
+        }
         if self.slots.len() >= SHARD_CAPACITY && !self.slots.contains_key(&key) {
             self.slots.retain(|_, s| s.expires > now);
             if self.slots.len() >= SHARD_CAPACITY {
@@ -59,6 +68,7 @@ impl LocalTier {
                     Mutex::new(Shard {
                         slots: HashMap::new(),
                         cleared: Instant::now(),
+                        swept: Instant::now(),
                     })
                 })
                 .collect(),
@@ -92,7 +102,7 @@ impl LocalTier {
             return;
         }
         let now = Instant::now();
-        shard.make_room((aggregate, id), now);
+        shard.make_room((aggregate, id), now, self.ttl);
         let expires = now + self.ttl;
         match shard.slots.get_mut(&(aggregate, id)) {
             Some(slot) if slot.expires > now => {
@@ -124,7 +134,7 @@ impl LocalTier {
         let now = Instant::now();
         // Bounded like the entries: a floor dropped with a full shard is covered by the
         // shard's `cleared` time (fills that read before it are refused).
-        shard.make_room((aggregate, id), now);
+        shard.make_room((aggregate, id), now, self.ttl);
         let expires = now + self.ttl;
         let slot = shard.slots.entry((aggregate, id)).or_insert(LocalSlot {
             entry: None,
@@ -148,5 +158,48 @@ impl LocalTier {
                 s.cleared = Instant::now();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: i64) -> Entry {
+        Entry {
+            version,
+            owner: None,
+            body: bytes::Bytes::from_static(b"{}"),
+            etag: axum::http::HeaderValue::from_static("\"1\""),
+        }
+    }
+
+    fn slots(tier: &LocalTier) -> usize {
+        tier.shards.iter().map(|s| s.lock().unwrap().slots.len()).sum()
+    }
+
+    #[test]
+    fn expired_slots_are_swept_once_a_ttl_without_waiting_for_the_shard_to_fill() {
+        let tier = LocalTier::new(Duration::from_millis(50));
+        for _ in 0..200 {
+            tier.invalidate(AggregateType::Order, Uuid::new_v4(), 1);
+        }
+        assert_eq!(slots(&tier), 200);
+        std::thread::sleep(Duration::from_millis(60));
+        // One more touch per shard sweeps it: only what was touched within the TTL stays.
+        let mut kept = Vec::new();
+        while kept.len() < SHARDS * 4 {
+            let id = Uuid::new_v4();
+            tier.put(AggregateType::Order, id, &entry(1), Instant::now());
+            kept.push(id);
+        }
+        let touched: std::collections::HashSet<usize> = kept
+            .iter()
+            .map(|id| (id.as_u128() as usize ^ AggregateType::Order as usize) % SHARDS)
+            .collect();
+        assert_eq!(touched.len(), SHARDS, "every shard was touched");
+        assert_eq!(slots(&tier), kept.len());
+        // What was put is still served, floors and all.
+        assert_eq!(tier.get(AggregateType::Order, kept[0]).0.map(|e| e.version), Some(1));
     }
 }
