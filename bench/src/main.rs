@@ -246,6 +246,9 @@ fn merge_earlier(report: &mut Report, dir: &Path) -> anyhow::Result<()> {
     };
     let mut notes: Vec<String> = earlier.notes.into_iter().filter(|n| !about_rerun(n)).collect();
     notes.append(&mut report.notes);
+    // Notes about the machine are written by every run: once is enough.
+    let mut seen = std::collections::HashSet::new();
+    notes.retain(|n| seen.insert(n.clone()));
     notes.push(format!(
         "Merged: parts {} were run again at {}; the others come from the sitting that started at {}.",
         rerun.join(", "),
