@@ -39,8 +39,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use indicatif::{ProgressBar, ProgressStyle};
 use ordering_tests::cpu::Group;
 use ordering_tests::pg_server::PgServer;
-use ordering_tests::pipeline::{JsonClient, Posted, REDIS_URL, delete_redis_keys, memory_kib};
+use ordering_tests::pipeline::{JsonClient, Posted, REDIS_URL, memory_kib};
 use ordering_tests::process::ServiceProcess;
+use ordering_tests::read_app::delete_keys;
 use ordering_tests::relay::broker::{AMQP_URL, delete};
 use ordering_tests::write_app::{SECRET, token_with};
 use serde::Serialize;
@@ -671,7 +672,7 @@ impl Drop for RunNames {
             )
             .await;
             delete(format!("{queue}.dlx"), Vec::new()).await;
-            delete_redis_keys(&prefix).await;
+            delete_keys(REDIS_URL, &prefix).await;
         });
     }
 }

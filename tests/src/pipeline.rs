@@ -567,25 +567,6 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Deletes every key under `prefix` in the tests' Redis ([`REDIS_URL`]); a Redis that does not
-/// answer is left alone, as this runs while cleaning up.
-pub async fn delete_redis_keys(prefix: &str) {
-    let Ok(client) = redis::Client::open(REDIS_URL) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    for chunk in keys.chunks(500) {
-        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
-    }
-}
-
 /// Declares the read-api's topology (the exchange, its projector queue and dead letters) as
 /// the read-api does, so events published before it first starts wait in its queue.
 async fn declare_projector_topology(amqp_url: &str, exchange: &str) {
@@ -634,7 +615,7 @@ impl Drop for Pipeline {
                 if local_broker {
                     crate::relay::broker::delete(format!("{q}.dlx"), vec![q.clone(), format!("{q}.dead")]).await;
                 }
-                delete_redis_keys(&prefix).await;
+                crate::read_app::delete_keys(REDIS_URL, &prefix).await;
             });
         })
         .join();

@@ -410,8 +410,8 @@ pub async fn delete_keys(url: &str, prefix: &str) {
         .query_async(&mut conn)
         .await
         .unwrap_or_default();
-    for k in keys {
-        let _: Result<i64, _> = redis::cmd("DEL").arg(k).query_async(&mut conn).await;
+    for chunk in keys.chunks(500) {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
     }
 }
 
