@@ -200,8 +200,9 @@ impl Publisher {
         for q in queues.values_mut() {
             q.make_contiguous().sort_by_key(|r| (r.sequence, r.id));
         }
-        type Pending = BoxFuture<
-            'static,
+        // Each future borrows the connection's channel: it lives as long as the batch.
+        type Pending<'c> = BoxFuture<
+            'c,
             (
                 AggKey,
                 OutboxRow,
@@ -210,7 +211,7 @@ impl Publisher {
                 Result<Confirmation, lapin::Error>,
             ),
         >;
-        let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut inflight: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
         // Messages the broker returned, by message id, with why. lapin hands a returned message
         // to the next confirm it completes, which a multiple ack can make another message's:
         // each confirm is checked against every return seen, not only the one it carries.
@@ -258,7 +259,7 @@ impl Publisher {
                 // of the window go out in few writes. Their order on the wire is the order of
                 // their first polls, which only matters within an aggregate, and an aggregate
                 // has at most one message in flight.
-                let (channel, exchange) = (conn.channel.clone(), self.topology.exchange.as_str().into());
+                let (channel, exchange) = (&conn.channel, self.topology.exchange.as_str().into());
                 inflight.push(Box::pin(async move {
                     let result = async {
                         let options = BasicPublishOptions {
