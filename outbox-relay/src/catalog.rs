@@ -28,7 +28,19 @@ pub const RELAY: &[Metric] = &[
     Metric::counter("relay_dead_lettered_total", "Outbox rows moved to the dead letters."),
     Metric::counter(
         "relay_cleaned_rows_total",
-        "Sent outbox rows deleted past OUTBOX_RETENTION.",
+        "Sent outbox rows deleted one by one past OUTBOX_RETENTION (a plain outbox, or the default partition).",
+    ),
+    Metric::counter(
+        "relay_day_partitions_created_total",
+        "Day partitions of a partitioned outbox created (ahead of their day, or to take rows of the default partition).",
+    ),
+    Metric::counter(
+        "relay_day_partitions_dropped_total",
+        "Day partitions of a partitioned outbox dropped past OUTBOX_RETENTION.",
+    ),
+    Metric::gauge(
+        "relay_day_partitions_overdue",
+        "Day partitions past OUTBOX_RETENTION kept at the last cleanup because some of their rows are unsent.",
     ),
     Metric::gauge(
         "relay_pending_rows",

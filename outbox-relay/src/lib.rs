@@ -94,8 +94,12 @@
 //! Pending rows, lag and dead letters are figures of the whole table, the same whichever
 //! instance reads them. Only the instance holding partition 0 publishes them
 //! (`relay_backlog_reporter` 1); the others report 0. So `sum()` over instances is the table's
-//! figure (as is `max()`), and the elected reporter moves with the partition's lease. Sent rows older than
-//! `OUTBOX_RETENTION` are deleted in small batches on the `OUTBOX_CLEANUP_CRON` schedule.
+//! figure (as is `max()`), and the elected reporter moves with the partition's lease.
+//!
+//! ## Retention
+//! On the `OUTBOX_CLEANUP_CRON` schedule, sent rows older than `OUTBOX_RETENTION` go: deleted
+//! in small batches from a plain table, or, from an outbox partitioned by day, as whole days
+//! dropped, with the coming days created ahead ([`retention`]).
 
 pub mod admin;
 pub mod broker;
@@ -104,6 +108,7 @@ pub mod dlq;
 pub mod leases;
 pub mod listener;
 pub mod publisher;
+pub mod retention;
 pub mod schema;
 pub mod settings;
 pub mod store;
@@ -154,6 +159,11 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()> + Send + 'stati
     migrate_with_retry(&s).await?;
     let pool = ordering_platform::db::pool(&s.database_url, 8, None);
     let store = Store::new(pool.clone(), s.table.clone(), s.partitions);
+    // Today's partition before the first publish, so that the day's rows do not gather in the
+    // default partition until the first scheduled run. Not fatal: that run tries again.
+    if let Err(e) = prepare_days(&store, s.retention).await {
+        tracing::warn!(error = %e, "cannot create the outbox's day partitions yet; the cleanup schedule retries");
+    }
     ordering_platform::meters::watch_pool(pool.clone());
     let owner = uuid::Uuid::new_v4();
     let leases = Arc::new(leases::Leases::new(owner, s.partitions));
@@ -338,7 +348,15 @@ fn readiness(
     })
 }
 
-/// Deletes sent rows past `retention` whenever `schedule` fires.
+/// Creates the day partitions an outbox partitioned by day needs now ([`retention::prepare`]).
+async fn prepare_days(store: &Store, retention: Duration) -> Result<(), store::StoreError> {
+    let mut c = store.conn().await?;
+    let created = retention::prepare(&mut c, store.names(), retention, chrono::Utc::now()).await?;
+    metrics::counter!("relay_day_partitions_created_total").increment(created);
+    Ok(())
+}
+
+/// Keeps the outbox to `retention` whenever `schedule` fires ([`retention::run`]).
 async fn cleanup_on_schedule(
     store: Store,
     schedule: cron::Schedule,
@@ -355,10 +373,19 @@ async fn cleanup_on_schedule(
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
         }
-        match store::cleanup(&store, retention, batch).await {
-            Ok(n) => {
-                metrics::counter!("relay_cleaned_rows_total").increment(n);
-                tracing::info!(deleted = n, "cleaned up sent outbox rows past retention");
+        match retention::run(&store, retention, batch).await {
+            Ok(o) => {
+                metrics::counter!("relay_cleaned_rows_total").increment(o.deleted);
+                metrics::counter!("relay_day_partitions_created_total").increment(o.created);
+                metrics::counter!("relay_day_partitions_dropped_total").increment(o.dropped);
+                metrics::gauge!("relay_day_partitions_overdue").set(o.overdue as f64);
+                tracing::info!(
+                    deleted_rows = o.deleted,
+                    days_created = o.created,
+                    days_dropped = o.dropped,
+                    days_overdue = o.overdue,
+                    "outbox kept to its retention"
+                );
             }
             Err(e) => tracing::warn!(error = %e, "outbox cleanup failed; next run will retry"),
         }

@@ -98,8 +98,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let n = outbox_relay::schema::migrate(&settings.database_url, &settings.table, settings.partitions).await?;
+    let mut conn = AsyncPgConnection::establish(&settings.database_url).await?;
+    let days =
+        outbox_relay::retention::prepare(&mut conn, &settings.table, settings.retention, chrono::Utc::now()).await?;
     println!(
-        "relay schema of {} up to date ({n} step(s) applied)",
+        "relay schema of {} up to date ({n} step(s) applied, {days} day partition(s) created)",
         settings.table.table()
     );
     Ok(())

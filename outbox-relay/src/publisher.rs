@@ -320,6 +320,7 @@ impl Publisher {
                         id: row.id,
                         partition: row.partition,
                         fence,
+                        created_at: row.created_at,
                     });
                     if queues.get(&key).is_some_and(|q| !q.is_empty()) {
                         ready.push_back(key);

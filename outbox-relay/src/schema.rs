@@ -38,7 +38,7 @@ impl TableNames {
             [schema, base] if ident(schema) && ident(base) => (Some((*schema).to_owned()), (*base).to_owned()),
             _ => return Err(bad()),
         };
-        // The longest derived name adds 20 characters and must fit PostgreSQL's 63.
+        // The longest derived name (`_relay_dead_letters_aggregate`) adds 20 characters and must fit PostgreSQL's 63.
         if base.len() > 40 {
             return Err(format!("{v:?}: the table name may have at most 40 characters"));
         }
@@ -47,12 +47,17 @@ impl TableNames {
 
     /// The outbox itself, as written in SQL.
     pub fn table(&self) -> String {
-        self.qualified(&self.base)
+        self.sibling(&self.base)
     }
 
     /// A relay object next to the outbox (same schema): `<table>_relay_<suffix>`.
     pub fn object(&self, suffix: &str) -> String {
-        self.qualified(&self.bare(suffix))
+        self.sibling(&self.bare(suffix))
+    }
+
+    /// The outbox's own name, without its schema.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// The unqualified name of a relay object (indexes and triggers take no schema).
@@ -79,7 +84,8 @@ impl TableNames {
         h as i64
     }
 
-    fn qualified(&self, name: &str) -> String {
+    /// `name` in the outbox's schema, as written in SQL.
+    pub fn sibling(&self, name: &str) -> String {
         match &self.schema {
             Some(s) => format!("{s}.{name}"),
             None => name.to_owned(),

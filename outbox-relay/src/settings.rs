@@ -24,8 +24,9 @@ pub struct Settings {
     pub event_log_max_bytes: u64,
     /// `EVENT_LOG_MAX_AGE`: the stream's `x-max-age` (RabbitMQ's format: `7D`, `12h`, `1Y`).
     pub event_log_max_age: String,
-    /// `OUTBOX_CLEANUP_CRON`: when sent rows past retention are deleted (6 or 7 cron fields,
-    /// seconds first).
+    /// `OUTBOX_CLEANUP_CRON`: when sent rows past retention are deleted, or, on an outbox
+    /// partitioned by day, when days are created ahead and dropped past retention (6 or 7 cron
+    /// fields, seconds first).
     pub cleanup_cron: cron::Schedule,
     /// `OUTBOX_RETENTION`: how long sent rows are kept.
     pub retention: Duration,
@@ -134,6 +135,11 @@ impl Settings {
             (1..=100_000).contains(&s.cleanup_batch),
             "must be between 1 and 100000",
         )?;
+        range(
+            "OUTBOX_RETENTION",
+            (Duration::from_secs(1)..=Duration::from_secs(3650 * 86_400)).contains(&s.retention),
+            "must be between 1s and 3650d",
+        )?;
         range("RELAY_MAX_ATTEMPTS", s.max_attempts >= 1, "must be at least 1")?;
         range("RELAY_BREAKER_FAILURES", s.breaker_failures >= 1, "must be at least 1")?;
         range(
@@ -224,12 +230,12 @@ pub const HELP: &[Setting] = &[
     Setting {
         name: "OUTBOX_CLEANUP_CRON",
         default: "0 */5 * * * *",
-        about: "when sent rows past retention are deleted (seconds first)",
+        about: "when sent rows (or day partitions) past retention are dropped and days made ahead (seconds first)",
     },
     Setting {
         name: "OUTBOX_RETENTION",
         default: "7d",
-        about: "how long sent rows are kept",
+        about: "how long sent rows are kept (1s to 3650d; day partitions: up to a day longer)",
     },
     Setting {
         name: "OUTBOX_CLEANUP_BATCH",

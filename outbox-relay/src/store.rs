@@ -52,6 +52,9 @@ pub struct Confirmed {
     pub id: i64,
     pub partition: i32,
     pub fence: i64,
+    /// The row's `created_at`: on an outbox partitioned by day it names the one partition the
+    /// mark has to look in.
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A dead-lettered row, as `outbox-relay dlq list` shows it.
@@ -160,9 +163,9 @@ impl Store {
         // published under; otherwise the new owner sends it again (a duplicate, never a loss).
         let mark_sql = format!(
             "UPDATE {t} o SET sent_at = now(), last_error = NULL \
-             FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS m(id, p, f) \
+             FROM unnest($1::bigint[], $2::int[], $3::bigint[], $5::timestamptz[]) AS m(id, p, f, c) \
              JOIN {leases} l ON l.partition = m.p AND l.fence = m.f \
-             WHERE o.id = m.id AND l.owner = $4 AND o.sent_at IS NULL"
+             WHERE o.id = m.id AND o.created_at = m.c AND l.owner = $4 AND o.sent_at IS NULL"
         );
         Self {
             pool,
@@ -213,12 +216,14 @@ impl Store {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let parts: Vec<i32> = rows.iter().map(|r| r.partition).collect();
         let fences: Vec<i64> = rows.iter().map(|r| r.fence).collect();
+        let created: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|r| r.created_at).collect();
         let mut c = self.conn().await?;
         Ok(diesel::sql_query(&self.mark_sql)
             .bind::<Array<BigInt>, _>(ids)
             .bind::<Array<Integer>, _>(parts)
             .bind::<Array<BigInt>, _>(fences)
             .bind::<SqlUuid, _>(owner)
+            .bind::<Array<Timestamptz>, _>(created)
             .execute(&mut c)
             .await?)
     }
@@ -276,14 +281,19 @@ impl Store {
         .await?)
     }
 
-    /// Deletes up to `batch` sent rows created before `retention` ago; returns how many.
-    pub async fn cleanup_batch(&self, retention: std::time::Duration, batch: i64) -> Result<usize, StoreError> {
+    /// Deletes up to `batch` sent rows of `relation` (the outbox, or one of its partitions)
+    /// created before `retention` ago; returns how many.
+    pub async fn cleanup_batch(
+        &self,
+        relation: &str,
+        retention: std::time::Duration,
+        batch: i64,
+    ) -> Result<usize, StoreError> {
         let mut c = self.conn().await?;
-        let t = self.names.table();
         // Oldest ids first: old rows sit at the start of the primary key, so each batch finds
         // its rows without scanning the table.
         Ok(diesel::sql_query(format!(
-            "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} \
+            "DELETE FROM {relation} WHERE id IN (SELECT id FROM {relation} \
              WHERE sent_at IS NOT NULL AND created_at < now() - make_interval(secs => $1) \
              ORDER BY id LIMIT $2)"
         ))
@@ -294,11 +304,17 @@ impl Store {
     }
 }
 
-/// Deletes every sent row past `retention`, `batch` rows per statement; returns how many.
-pub async fn cleanup(store: &Store, retention: std::time::Duration, batch: i64) -> Result<u64, StoreError> {
+/// Deletes every sent row of `relation` past `retention`, `batch` rows per statement; returns
+/// how many.
+pub async fn cleanup(
+    store: &Store,
+    relation: &str,
+    retention: std::time::Duration,
+    batch: i64,
+) -> Result<u64, StoreError> {
     let mut total = 0u64;
     loop {
-        let n = store.cleanup_batch(retention, batch).await?;
+        let n = store.cleanup_batch(relation, retention, batch).await?;
         total += n as u64;
         if (n as i64) < batch {
             return Ok(total);

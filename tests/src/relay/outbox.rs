@@ -4,6 +4,20 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
+/// Creates `table` exactly as the contract writes the outbox: one plain table, as a service the
+/// relay serves as a sidecar would have it (the ordering service's own outbox is partitioned).
+pub async fn create_plain_outbox(conn: &mut AsyncPgConnection, table: &str) {
+    conn.batch_execute(&format!(
+        "CREATE TABLE {table} (
+           id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, event_id uuid NOT NULL UNIQUE,
+           aggregate_type text NOT NULL, aggregate_id text NOT NULL, sequence bigint NOT NULL,
+           event_type text NOT NULL, payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{{}}',
+           created_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await
+    .expect("create a plain outbox");
+}
+
 /// Inserts `per_aggregate` events for each of `aggregates` aggregates named `<prefix><n>`,
 /// sequences 1.. in order, interleaved across aggregates, payloads padded to about `pad`
 /// bytes. Returns the event ids.

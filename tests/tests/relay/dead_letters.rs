@@ -1,10 +1,9 @@
 //! Poison rows go to the dead letters, block only their own aggregate, and come back with
-//! `outbox-relay dlq replay` or are given up with `dlq discard`; cleanup deletes only sent
-//! rows past retention.
+//! `outbox-relay dlq replay` or are given up with `dlq discard`.
 
 use std::time::Duration;
 
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::RunQueryDsl;
 use ordering_tests::metrics_text::sample;
 use ordering_tests::relay::broker::TestExchange;
 use ordering_tests::relay::outbox::{insert_events, rows, unsent};
@@ -171,63 +170,4 @@ async fn broker_nacks_are_retried_until_the_broker_takes_them_never_dead_lettere
     wait_until("the rest of n-1", WAIT, || async { got.event_ids().contains(&n[2]) }).await;
     assert_eq!(unsent(&mut c, "outbox").await, 0);
     got.check_order().unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn cleanup_deletes_only_sent_rows_past_retention() {
-    let db = TestDatabase::new().await;
-    let names = outbox_relay::schema::TableNames::parse("outbox").unwrap();
-    outbox_relay::schema::migrate(db.url(), &names, 16).await.unwrap();
-    let mut conn = db.conn().await;
-    insert_events(&mut conn, "outbox", "old-sent-", 30, 1, 1, 10).await;
-    insert_events(&mut conn, "outbox", "old-unsent-", 5, 1, 1, 10).await;
-    insert_events(&mut conn, "outbox", "new-sent-", 5, 1, 1, 10).await;
-    conn.batch_execute(
-        "UPDATE outbox SET created_at = now() - interval '8 days' WHERE aggregate_id LIKE 'old-%';
-         UPDATE outbox SET sent_at = now() WHERE aggregate_id LIKE '%-sent-%';",
-    )
-    .await
-    .unwrap();
-    let pool = ordering_platform::db::pool(db.url(), 2, None);
-    let store = outbox_relay::store::Store::new(pool, names, 16);
-    // Batches of 7: several statements, none of them large.
-    let deleted = outbox_relay::store::cleanup(&store, Duration::from_secs(7 * 86_400), 7)
-        .await
-        .unwrap();
-    assert_eq!(deleted, 30);
-    assert_eq!(db.count("outbox").await, 10);
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let left: N = diesel::sql_query("SELECT count(*) AS n FROM outbox WHERE aggregate_id LIKE 'old-sent-%'")
-        .get_result(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(left.n, 0);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn cleanup_runs_on_its_cron_schedule() {
-    let db = TestDatabase::new().await;
-    let ex = TestExchange::new().await;
-    let mut conn = db.conn().await;
-    insert_events(&mut conn, "outbox", "c-", 10, 1, 2, 10).await;
-    conn.batch_execute("UPDATE outbox SET created_at = now() - interval '2 hours'")
-        .await
-        .unwrap();
-    let env = RelayEnv::new(db.url(), &ex.name)
-        .set("OUTBOX_CLEANUP_CRON", "* * * * * *")
-        .set("OUTBOX_RETENTION", "1h");
-    let _relay = spawn_relay(&env);
-    // Published, marked sent, then deleted by the next cleanup run.
-    wait_until("sent rows past retention to be deleted", WAIT, || async {
-        db.count("outbox").await == 0
-    })
-    .await;
-    // Rows within retention stay, even once sent.
-    let ids = insert_events(&mut conn, "outbox", "c-", 10, 3, 1, 10).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(db.count("outbox").await, ids.len() as i64);
 }

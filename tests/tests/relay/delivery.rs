@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ordering_tests::relay::broker::TestExchange;
-use ordering_tests::relay::outbox::{insert_events, rows, unsent};
+use ordering_tests::relay::outbox::{create_plain_outbox, insert_events, rows, unsent};
 use ordering_tests::relay::process::{RelayEnv, relay_command, spawn_relay};
 use ordering_tests::relay::wait_until;
 use ordering_tests::test_db::TestDatabase;
@@ -141,17 +141,10 @@ async fn late_commit_is_published_after_later_rows() {
 async fn sidecar_serves_another_table_and_exchange() {
     let db = TestDatabase::empty().await;
     let mut conn = db.conn().await;
-    conn.batch_execute(
-        "CREATE SCHEMA billing;
-         CREATE TABLE billing.events_outbox (
-           id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, event_id uuid NOT NULL UNIQUE,
-           aggregate_type text NOT NULL, aggregate_id text NOT NULL, sequence bigint NOT NULL,
-           event_type text NOT NULL, payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}',
-           created_at timestamptz NOT NULL DEFAULT now());
-         CREATE TABLE billing.invoices (id int PRIMARY KEY);",
-    )
-    .await
-    .unwrap();
+    conn.batch_execute("CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int PRIMARY KEY);")
+        .await
+        .unwrap();
+    create_plain_outbox(&mut conn, "billing.events_outbox").await;
     let ex = TestExchange::named(&format!("billing.{}", uuid::Uuid::new_v4().simple())).await;
     let mut ex = ex;
     let got = ex.consume().await;

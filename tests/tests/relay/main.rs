@@ -12,4 +12,5 @@ mod failures;
 mod fleet;
 mod metrics;
 mod replication;
+mod retention;
 mod unroutable;
