@@ -1,7 +1,10 @@
 //! `bench growth`: the relay's cost with history. `relay-bench` drains 100,000 rows and holds a
 //! steady rate twice: on an empty outbox, then on one holding millions of rows sent over the
-//! last 7.5 days (retention 7 days, cleanup every 30 s, so the cleanup deletes while the relay
-//! works). The report gives both, the change, and whether it stays within 10%.
+//! last 7.5 days (retention 7 days, cleanup every 30 s, so the cleanup works while the relay
+//! does). It does so for both shapes of outbox: the ordering service's own, partitioned by day
+//! (the cleanup drops the day past retention), and the contract's plain table a sidecar finds
+//! (the cleanup deletes its rows one by one). The report gives each figure empty and with
+//! history, the change, and whether it stays within 10%.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -18,8 +21,12 @@ use crate::runner;
 /// the latency targets are read at.
 const LAG_RATE: u32 = 3000;
 
+/// The outbox shapes measured, as `RELAY_BENCH_OUTBOX` names them.
+const OUTBOXES: [&str; 2] = ["partitioned", "plain"];
+
 #[derive(Serialize)]
 struct Comparison {
+    outbox: String,
     figure: String,
     unit: String,
     empty: f64,
@@ -40,20 +47,34 @@ struct GrowthReport {
     comparisons: Vec<Comparison>,
 }
 
-/// Runs `relay-bench drain 1` and `relay-bench lag LAG_RATE` with `RELAY_BENCH_HISTORY_ROWS`.
-async fn sitting(bars: &MultiProgress, logs: &Path, history: u64, out: &mut GrowthReport) -> anyhow::Result<()> {
+/// The part the figures of one sitting are filed under.
+fn part(outbox: &str, history: u64) -> String {
+    format!("{outbox} outbox, history {history}")
+}
+
+/// Runs `relay-bench drain 1` and `relay-bench lag LAG_RATE` on an `outbox` outbox with
+/// `RELAY_BENCH_HISTORY_ROWS`.
+async fn sitting(
+    bars: &MultiProgress,
+    logs: &Path,
+    outbox: &str,
+    history: u64,
+    out: &mut GrowthReport,
+) -> anyhow::Result<()> {
     let bin = crate::sibling("relay-bench")?;
     for (name, args) in [
         ("drain", vec!["drain".to_owned(), "1".to_owned()]),
         ("lag", vec!["lag".to_owned(), LAG_RATE.to_string()]),
     ] {
         let mut cmd = Command::new(&bin);
-        cmd.args(&args).env("RELAY_BENCH_HISTORY_ROWS", history.to_string());
-        let label = format!("{name}-h{history}");
-        let part = runner::run_part(bars, &label, cmd, logs).await?;
-        out.parts.push(part.run);
-        out.figures.extend(part.figures.into_iter().map(|mut m| {
-            m.part = format!("history {history}");
+        cmd.args(&args)
+            .env("RELAY_BENCH_HISTORY_ROWS", history.to_string())
+            .env("RELAY_BENCH_OUTBOX", outbox);
+        let label = format!("{name}-{outbox}-h{history}");
+        let run = runner::run_part(bars, &label, cmd, logs).await?;
+        out.parts.push(run.run);
+        out.figures.extend(run.figures.into_iter().map(|mut m| {
+            m.part = part(outbox, history);
             m
         }));
     }
@@ -76,8 +97,25 @@ pub async fn run(rows: u64, out_dir: &Path) -> anyhow::Result<()> {
         figures: Vec::new(),
         comparisons: Vec::new(),
     };
-    sitting(&bars, &logs, 0, &mut report).await?;
-    sitting(&bars, &logs, rows, &mut report).await?;
+    for outbox in OUTBOXES {
+        sitting(&bars, &logs, outbox, 0, &mut report).await?;
+        sitting(&bars, &logs, outbox, rows, &mut report).await?;
+        compare(&mut report, outbox, rows);
+    }
+    let stem = out_dir.join(format!("{}-{}-growth", report.date, report.host));
+    let md = markdown(&report);
+    crate::report::write_pair(&stem, &report, &md)?;
+    println!(
+        "{md}\nReport: {}.md (and .json); logs in {}",
+        stem.display(),
+        logs.display()
+    );
+    Ok(())
+}
+
+/// Sets each figure of the `outbox` sittings with history beside its figure without.
+fn compare(report: &mut GrowthReport, outbox: &str, rows: u64) {
+    let (bare, full) = (part(outbox, 0), part(outbox, rows));
     let value = |part: &str, id: &str| {
         report
             .figures
@@ -92,13 +130,12 @@ pub async fn run(rows: u64, out_dir: &Path) -> anyhow::Result<()> {
         lag_id("p50"),
         lag_id("p99"),
     ] {
-        if let (Some((empty, unit)), Some((with_history, _))) =
-            (value("history 0", &id), value(&format!("history {rows}"), &id))
-        {
+        if let (Some((empty, unit)), Some((with_history, _))) = (value(&bare, &id), value(&full, &id)) {
             let change = (with_history - empty) / empty * 100.0;
             // Throughput may not fall by more than 10%; lag may not rise by more than 10%.
             let within = if unit == "ms" { change <= 10.0 } else { change >= -10.0 };
             report.comparisons.push(Comparison {
+                outbox: outbox.to_owned(),
                 figure: id,
                 unit,
                 empty,
@@ -113,9 +150,10 @@ pub async fn run(rows: u64, out_dir: &Path) -> anyhow::Result<()> {
     let share = |part: &str| {
         Some(value(part, "relay.drain.relays1")?.0 / value(part, "raw.lapin_confirms.before_relays1")?.0 * 100.0)
     };
-    if let (Some(empty), Some(with_history)) = (share("history 0"), share(&format!("history {rows}"))) {
+    if let (Some(empty), Some(with_history)) = (share(&bare), share(&full)) {
         let change = (with_history - empty) / empty * 100.0;
         report.comparisons.push(Comparison {
+            outbox: outbox.to_owned(),
             figure: "relay.drain.relays1 as a share of raw".into(),
             unit: "%".into(),
             empty,
@@ -124,15 +162,6 @@ pub async fn run(rows: u64, out_dir: &Path) -> anyhow::Result<()> {
             within_10_percent: change >= -10.0,
         });
     }
-    let stem = out_dir.join(format!("{}-{}-growth", report.date, report.host));
-    let md = markdown(&report);
-    crate::report::write_pair(&stem, &report, &md)?;
-    println!(
-        "{md}\nReport: {}.md (and .json); logs in {}",
-        stem.display(),
-        logs.display()
-    );
-    Ok(())
 }
 
 fn markdown(r: &GrowthReport) -> String {
@@ -140,14 +169,18 @@ fn markdown(r: &GrowthReport) -> String {
     let _ = writeln!(
         md,
         "# Growth: {} on {}\n\nOne relay drains 100,000 rows, then holds {} rows/s, on an empty outbox and on one \
-         holding {} rows sent over the last 7.5 days (retention 7 days, cleanup every 30 s).\n",
+         holding {} rows sent over the last 7.5 days (retention 7 days, cleanup every 30 s), for each \
+         shape of outbox: *partitioned* (the ordering service's own, by day: the cleanup drops the day \
+         past retention) and *plain* (the contract's table as a sidecar finds it: the cleanup deletes \
+         rows).\n",
         r.date, r.host, r.lag_rate, r.history_rows
     );
-    md.push_str("| figure | empty | with history | change | within 10% |\n|---|---|---|---|---|\n");
+    md.push_str("| outbox | figure | empty | with history | change | within 10% |\n|---|---|---|---|---|---|\n");
     for c in &r.comparisons {
         let _ = writeln!(
             md,
-            "| `{}` | {} {} | {} {} | {:+.1}% | {} |",
+            "| {} | `{}` | {} {} | {} {} | {:+.1}% | {} |",
+            c.outbox,
             c.figure,
             number(c.empty),
             c.unit,

@@ -13,6 +13,10 @@
 //! With `RELAY_BENCH_HISTORY_ROWS=N` set, each outbox first gets N rows sent over the last 7.5
 //! days (the retention is 7) and the relays run their cleanup every 30 s, so drain and lag are
 //! measured with a history and a cleanup at work (`bench growth` compares N = 0 with millions).
+//!
+//! The outbox is the ordering service's own, partitioned by day; with `RELAY_BENCH_OUTBOX=plain`
+//! it is the contract's plain table instead, as a service served by the relay as a sidecar has
+//! it (its sent rows are deleted row by row, not dropped by the day).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,7 +35,7 @@ use ordering_tests::cpu::{CpuMeter, Group, report_per_unit};
 use ordering_tests::figures::Figure;
 use ordering_tests::process::ServiceProcess;
 use ordering_tests::relay::broker::{AMQP_URL, TestExchange};
-use ordering_tests::relay::outbox::{SteadyWriter, insert_events, insert_sent_history, unsent};
+use ordering_tests::relay::outbox::{SteadyWriter, create_plain_outbox, insert_events, insert_sent_history, unsent};
 use ordering_tests::relay::process::{RelayEnv, spawn_relay};
 use ordering_tests::relay::wait_until;
 use ordering_tests::test_db::TestDatabase;
@@ -156,8 +160,25 @@ async fn report_lag(rate: f64, aggregates: i32, role: &str) -> anyhow::Result<()
     Ok(())
 }
 
-async fn sample_payload_len() -> usize {
+/// A database for one run, its `outbox` of the shape `RELAY_BENCH_OUTBOX` asks for.
+async fn bench_database() -> TestDatabase {
     let db = TestDatabase::new().await;
+    match std::env::var("RELAY_BENCH_OUTBOX").as_deref() {
+        Ok("plain") => {
+            let mut c = db.conn().await;
+            c.batch_execute("DROP TABLE outbox")
+                .await
+                .expect("drop the partitioned outbox");
+            create_plain_outbox(&mut c, "outbox").await;
+        }
+        Ok("partitioned") | Err(_) => {}
+        Ok(other) => panic!("RELAY_BENCH_OUTBOX is {other:?}: plain or partitioned"),
+    }
+    db
+}
+
+async fn sample_payload_len() -> usize {
+    let db = bench_database().await;
     let names = outbox_relay::schema::TableNames::parse("outbox").expect("name");
     outbox_relay::schema::migrate(db.url(), &names, 16)
         .await
@@ -276,7 +297,7 @@ struct Span {
 /// (b): `instances` relays drain `ROWS` rows committed at once; the rate is measured from
 /// the first to the last `sent_at`. Returns it with the CPU the drain cost.
 async fn drain(instances: usize) -> anyhow::Result<(f64, Vec<(String, f64)>)> {
-    let db = TestDatabase::new().await;
+    let db = bench_database().await;
     let ex = TestExchange::new().await;
     let env = with_history_settings(
         RelayEnv::new(db.url(), &ex.name)
@@ -336,7 +357,7 @@ async fn drain(instances: usize) -> anyhow::Result<(f64, Vec<(String, f64)>)> {
 /// Returns p50, p99 and max in ms, the events measured, and the machine's idle CPU share while
 /// the writers ran.
 async fn lag(rate: f64, aggregates: i32) -> anyhow::Result<(f64, f64, f64, usize, f64)> {
-    let db = TestDatabase::new().await;
+    let db = bench_database().await;
     let ex = TestExchange::new().await;
     let env = with_history_settings(RelayEnv::new(db.url(), &ex.name).set("RUST_LOG", "warn"));
     let relay = spawn_relay(&env);

@@ -61,7 +61,8 @@ pub async fn insert_events(
 /// cleanup deletes it, created (and sent 5 ms later) evenly over the last `days` days in id
 /// order, as a real outbox's rows are (cleanup walks the primary key from the oldest), over
 /// 100,000 aggregates, in statements of 250,000 rows (`progress` gets the rows done so far).
-/// Then `VACUUM ANALYZE`, as autovacuum would have by then.
+/// Then `VACUUM ANALYZE`, as autovacuum would have by then. An outbox partitioned by day first
+/// gets the partitions of those days.
 pub async fn insert_sent_history(
     conn: &mut AsyncPgConnection,
     table: &str,
@@ -71,6 +72,22 @@ pub async fn insert_sent_history(
     mut progress: impl FnMut(i64),
 ) {
     const CHUNK: i64 = 250_000;
+    // A day-partitioned outbox had each of those days' partitions made as the day came.
+    let names = outbox_relay::schema::TableNames::parse(table).expect("table name");
+    if let outbox_relay::retention::Layout::Days { default } =
+        outbox_relay::retention::layout(conn, &names).await.expect("layout")
+    {
+        let have = outbox_relay::retention::days(conn, &names).await.expect("days");
+        let today = chrono::Utc::now().date_naive();
+        for back in 0..=days.ceil() as u64 {
+            let day = today - chrono::Days::new(back);
+            if !have.contains(&day) {
+                outbox_relay::retention::create_day(conn, &names, default.as_deref(), day)
+                    .await
+                    .expect("create a day partition");
+            }
+        }
+    }
     let mut done = 0;
     while done < rows {
         let n = CHUNK.min(rows - done);
