@@ -57,6 +57,28 @@ pub async fn insert_events(
     rows.into_iter().map(|r| r.event_id).collect()
 }
 
+/// Gives `table`, if it is partitioned by day, the partitions of today and of the `back` days
+/// before it that it lacks, as the relay's cleanup made them when those days came: the outbox of
+/// a service that has run for that long, whatever it holds.
+pub async fn make_past_days(conn: &mut AsyncPgConnection, table: &str, back: u64) {
+    let names = outbox_relay::schema::TableNames::parse(table).expect("table name");
+    let outbox_relay::retention::Layout::Days { default } =
+        outbox_relay::retention::layout(conn, &names).await.expect("layout")
+    else {
+        return;
+    };
+    let have = outbox_relay::retention::days(conn, &names).await.expect("days");
+    let today = chrono::Utc::now().date_naive();
+    for n in 0..=back {
+        let day = today - chrono::Days::new(n);
+        if !have.contains(&day) {
+            outbox_relay::retention::create_day(conn, &names, default.as_deref(), day)
+                .await
+                .expect("create a day partition");
+        }
+    }
+}
+
 /// Puts `rows` rows that were sent long ago into `table`: the history a busy outbox holds until
 /// cleanup deletes it, created (and sent 5 ms later) evenly over the last `days` days in id
 /// order, as a real outbox's rows are (cleanup walks the primary key from the oldest), over
@@ -73,21 +95,7 @@ pub async fn insert_sent_history(
 ) {
     const CHUNK: i64 = 250_000;
     // A day-partitioned outbox had each of those days' partitions made as the day came.
-    let names = outbox_relay::schema::TableNames::parse(table).expect("table name");
-    if let outbox_relay::retention::Layout::Days { default } =
-        outbox_relay::retention::layout(conn, &names).await.expect("layout")
-    {
-        let have = outbox_relay::retention::days(conn, &names).await.expect("days");
-        let today = chrono::Utc::now().date_naive();
-        for back in 0..=days.ceil() as u64 {
-            let day = today - chrono::Days::new(back);
-            if !have.contains(&day) {
-                outbox_relay::retention::create_day(conn, &names, default.as_deref(), day)
-                    .await
-                    .expect("create a day partition");
-            }
-        }
-    }
+    make_past_days(conn, table, days.ceil() as u64).await;
     let mut done = 0;
     while done < rows {
         let n = CHUNK.min(rows - done);
