@@ -79,6 +79,10 @@ enum Cmd {
         /// Sent rows put in the outbox first.
         #[arg(long, default_value_t = 10_000_000)]
         rows: u64,
+        /// Sittings of each case; the report compares their medians (one sitting's lag p99 and
+        /// raw rate move by more than 10% between sittings here).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+        sittings: u32,
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },
@@ -92,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         None => run(cli.run).await,
         Some(Cmd::Soak { duration, rate, out }) => soak::run(parse_duration(&duration)?, rate, &out).await,
-        Some(Cmd::Growth { rows, out }) => growth::run(rows, &out).await,
+        Some(Cmd::Growth { rows, sittings, out }) => growth::run(rows, sittings, &out).await,
         Some(Cmd::Render { json }) => {
             let mut report: Report = serde_json::from_slice(&std::fs::read(&json)?)?;
             report.settle();
