@@ -149,15 +149,26 @@ pub async fn prepare(
     let Layout::Days { default } = layout(conn, names).await? else {
         return Ok(0);
     };
+    make_days(conn, names, default.as_deref(), retention, now).await
+}
+
+/// [`prepare`] for a table already known to be kept by days, `default` its default partition.
+async fn make_days(
+    conn: &mut AsyncPgConnection,
+    names: &TableNames,
+    default: Option<&str>,
+    retention: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
     let today = now.date_naive();
     let mut wanted: BTreeSet<NaiveDate> = (0..=DAYS_AHEAD).map(|d| today + Days::new(d)).collect();
-    if let Some(default) = &default {
+    if let Some(default) = default {
         wanted.extend(days_held(conn, default, first_day(now, retention)).await?);
     }
     let have = days(conn, names).await?;
     let mut created = 0;
     for day in wanted.into_iter().filter(|d| !have.contains(d)) {
-        if create_day(conn, names, default.as_deref(), day).await? {
+        if create_day(conn, names, default, day).await? {
             created += 1;
         }
     }
@@ -289,7 +300,8 @@ pub async fn run(store: &Store, retention: std::time::Duration, batch: i64) -> R
             out.deleted = store::cleanup(store, &names.table(), retention, batch).await?;
         }
         Layout::Days { default } => {
-            out.created = prepare(&mut c, &names, retention, now).await?;
+            // The layout is known: no second look at the catalog.
+            out.created = make_days(&mut c, &names, default.as_deref(), retention, now).await?;
             let first = first_day(now, retention);
             for day in days(&mut c, &names).await? {
                 // A day is dropped only once all of it is past retention.
