@@ -27,7 +27,7 @@ pub fn shipped_rules() -> String {
     read("deploy/prometheus/ordering.rules.yml")
 }
 
-/// `rules` with every alert's `for:` set to `duration`: the shipped durations are minutes, too
+/// `rules` with every alert's `for:` set to `duration`: the shipped durations (minutes to an hour) are too
 /// long for a test. Expressions and thresholds are left as shipped.
 pub fn with_for(rules: &str, duration: &str) -> String {
     rules
