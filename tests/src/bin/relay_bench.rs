@@ -36,7 +36,7 @@ use ordering_tests::figures::Figure;
 use ordering_tests::process::ServiceProcess;
 use ordering_tests::relay::broker::{AMQP_URL, TestExchange};
 use ordering_tests::relay::outbox::{
-    SteadyWriter, create_plain_outbox, insert_events, insert_sent_history, make_past_days, unsent,
+    SteadyWriter, all_sent, create_plain_outbox, insert_events, insert_sent_history, make_past_days,
 };
 use ordering_tests::relay::process::{RelayEnv, spawn_relay};
 use ordering_tests::relay::wait_until;
@@ -344,7 +344,7 @@ async fn drain(instances: usize) -> anyhow::Result<(f64, Vec<(String, f64)>)> {
         relays.iter().map(ServiceProcess::pid).collect(),
     )));
     wait_until("the outbox to drain", Duration::from_secs(300), || async {
-        unsent(&mut db.conn().await, "outbox").await == 0
+        all_sent(&mut db.conn().await, "outbox").await
     })
     .await;
     let cost = meter.used();
