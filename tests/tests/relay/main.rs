@@ -13,5 +13,4 @@ mod fleet;
 mod metrics;
 mod replication;
 mod retention;
-mod statements;
 mod unroutable;
