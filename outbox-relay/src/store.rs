@@ -3,7 +3,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Double, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use ordering_platform::db::{PgConn, PgPool};
+use ordering_platform::db::{PgConn, PgPool, Statement};
 use serde::Serialize;
 
 use crate::schema::TableNames;
@@ -131,13 +131,14 @@ pub struct Backlog {
     pub dead_letters: i64,
 }
 
-/// The outbox's statements, rendered once for its table name.
+/// The outbox's statements, rendered once for its table name. The two run for every batch,
+/// fetch and mark, are kept prepared by each connection.
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
     names: TableNames,
-    fetch_sql: String,
-    mark_sql: String,
+    fetch: Statement,
+    mark: Statement,
 }
 
 impl Store {
@@ -150,28 +151,28 @@ impl Store {
         // Every unsent row of the partitions held, oldest first, minus aggregates blocked
         // behind a dead letter. No "published up to" mark: each read starts from the whole
         // unsent set, so a row that committed late is simply found by the next read.
-        let fetch_sql = format!(
+        let fetch = Statement::new(&format!(
             "SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.sequence, o.event_type, \
              o.payload::text AS payload, o.headers::text AS headers, o.attempts, {part} AS partition, o.created_at \
              FROM {t} o \
              WHERE o.sent_at IS NULL AND {part} = ANY($1) \
-               AND o.id NOT IN (SELECT unnest($3::bigint[])) \
+               AND o.id NOT IN (SELECT unnest($2::bigint[])) \
                AND NOT EXISTS (SELECT 1 FROM {dl} d WHERE d.aggregate_type = o.aggregate_type AND d.aggregate_id = o.aggregate_id) \
-             ORDER BY o.id LIMIT $2"
-        );
+             ORDER BY o.id LIMIT $3"
+        ));
         // Fenced: a row is marked only while this instance still holds the lease it was
         // published under; otherwise the new owner sends it again (a duplicate, never a loss).
-        let mark_sql = format!(
+        let mark = Statement::new(&format!(
             "UPDATE {t} o SET sent_at = now(), last_error = NULL \
-             FROM unnest($1::bigint[], $2::int[], $3::bigint[], $5::timestamptz[]) AS m(id, p, f, c) \
+             FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::timestamptz[]) AS m(id, p, f, c) \
              JOIN {leases} l ON l.partition = m.p AND l.fence = m.f \
-             WHERE o.id = m.id AND o.created_at = m.c AND l.owner = $4 AND o.sent_at IS NULL"
-        );
+             WHERE o.id = m.id AND o.created_at = m.c AND l.owner = $5 AND o.sent_at IS NULL"
+        ));
         Self {
             pool,
             names,
-            fetch_sql,
-            mark_sql,
+            fetch,
+            mark,
         }
     }
 
@@ -197,10 +198,11 @@ impl Store {
             "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off",
         )
         .await?;
-        let rows = diesel::sql_query(&self.fetch_sql)
+        let rows = self
+            .fetch
             .bind::<Array<Integer>, _>(partitions)
-            .bind::<BigInt, _>(limit)
             .bind::<Array<BigInt>, _>(exclude)
+            .bind::<BigInt, _>(limit)
             .load(&mut c)
             .await;
         c.batch_execute(if rows.is_ok() { "COMMIT" } else { "ROLLBACK" })
@@ -218,12 +220,13 @@ impl Store {
         let fences: Vec<i64> = rows.iter().map(|r| r.fence).collect();
         let created: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|r| r.created_at).collect();
         let mut c = self.conn().await?;
-        Ok(diesel::sql_query(&self.mark_sql)
+        Ok(self
+            .mark
             .bind::<Array<BigInt>, _>(ids)
             .bind::<Array<Integer>, _>(parts)
             .bind::<Array<BigInt>, _>(fences)
-            .bind::<SqlUuid, _>(owner)
             .bind::<Array<Timestamptz>, _>(created)
+            .bind::<SqlUuid, _>(owner)
             .execute(&mut c)
             .await?)
     }

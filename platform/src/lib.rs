@@ -16,7 +16,7 @@
 //!   serving with graceful shutdown;
 //! - [`meters`]: the catalog of metrics (HELP, type, unit; counters at zero from the start),
 //!   build, process and pool metrics;
-//! - [`db`]: the PostgreSQL pool, with bounded waits;
+//! - [`db`]: the PostgreSQL pool, with bounded waits, and statements connections keep prepared;
 //! - [`breaker`]: the circuit breaker guarding a dependency (the relay's PostgreSQL and
 //!   RabbitMQ, the read-api's Redis);
 //! - [`backoff`]: the one retry schedule (jittered exponential, endless);

@@ -13,4 +13,5 @@ mod fleet;
 mod metrics;
 mod replication;
 mod retention;
+mod statements;
 mod unroutable;

@@ -1,0 +1,113 @@
+//! The statements the relay runs for every batch, its fetch and its mark, are prepared once by
+//! each connection and then only executed, and the fetch's cached plan still walks the unsent
+//! rows in id order.
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use ordering_tests::relay::outbox::insert_events;
+use ordering_tests::test_db::TestDatabase;
+use outbox_relay::schema::TableNames;
+use outbox_relay::store::{Confirmed, Store};
+
+const PARTITIONS: i32 = 16;
+
+#[derive(QueryableByName)]
+struct Prepared {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    statement: String,
+    #[diesel(sql_type = BigInt)]
+    generic_plans: i64,
+    #[diesel(sql_type = BigInt)]
+    custom_plans: i64,
+}
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_and_mark_are_prepared_once_and_the_fetch_keeps_its_index_walk() {
+    let db = TestDatabase::new().await;
+    let names = TableNames::parse("outbox").unwrap();
+    outbox_relay::schema::migrate(db.url(), &names, PARTITIONS)
+        .await
+        .unwrap();
+    // One connection, so every statement below runs on the one whose cache is inspected.
+    let store = Store::new(ordering_platform::db::pool(db.url(), 1, None), names, PARTITIONS);
+    insert_events(&mut db.conn().await, "outbox", "prep-", 40, 1, 5, 10).await;
+
+    let all: Vec<i32> = (0..PARTITIONS).collect();
+    let mut fetched = Vec::new();
+    for _ in 0..7 {
+        fetched = store.fetch(&all, 50, &[]).await.unwrap();
+        assert_eq!(fetched.len(), 50);
+    }
+    // No lease is held, so nothing is marked; the statement runs all the same.
+    let confirmed: Vec<Confirmed> = fetched
+        .iter()
+        .map(|r| Confirmed {
+            id: r.id,
+            partition: r.partition,
+            fence: 0,
+            created_at: r.created_at,
+        })
+        .collect();
+    for _ in 0..2 {
+        assert_eq!(store.mark_sent(&confirmed, uuid::Uuid::new_v4()).await.unwrap(), 0);
+    }
+
+    let mut conn = store.conn().await.unwrap();
+    let prepared: Vec<Prepared> = diesel::sql_query(
+        "SELECT name, statement, generic_plans, custom_plans FROM pg_prepared_statements \
+         WHERE statement LIKE 'SELECT o.id%' OR statement LIKE 'UPDATE outbox o%'",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let runs = |prefix: &str| -> Vec<i64> {
+        prepared
+            .iter()
+            .filter(|p| p.statement.starts_with(prefix))
+            .map(|p| p.generic_plans + p.custom_plans)
+            .collect()
+    };
+    assert_eq!(runs("SELECT o.id"), [7], "one fetch statement, run 7 times");
+    assert_eq!(runs("UPDATE outbox o"), [2], "one mark statement, run twice");
+    let fetch = prepared
+        .iter()
+        .find(|p| p.statement.starts_with("SELECT o.id"))
+        .unwrap();
+    // After five custom plans PostgreSQL settles on a generic one: planned once, per connection.
+    assert!(fetch.generic_plans >= 1, "the fetch never got a cached plan");
+
+    // The plan the fetch now runs: under the fetch's own settings, ordered by the unsent index
+    // and stopped at the limit, never a sort of the whole backlog.
+    conn.batch_execute(
+        "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off",
+    )
+    .await
+    .unwrap();
+    let plan: Vec<PlanLine> = diesel::sql_query(format!(
+        "EXPLAIN (COSTS OFF) EXECUTE {}('{{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}}', '{{}}', 50)",
+        fetch.name
+    ))
+    .load(&mut conn)
+    .await
+    .unwrap();
+    conn.batch_execute("COMMIT").await.unwrap();
+    let plan: Vec<&str> = plan.iter().map(|l| l.line.trim_start()).collect();
+    assert!(
+        plan.iter().any(|l| l.starts_with("->  Index Scan using outbox_")),
+        "{plan:#?}"
+    );
+    let walks = |node: &str| plan.iter().any(|l| l.trim_start_matches("->  ").starts_with(node));
+    assert!(
+        !walks("Sort") && !walks("Bitmap") && !walks("Seq Scan on outbox"),
+        "{plan:#?}"
+    );
+}
