@@ -189,25 +189,15 @@ impl Store {
     /// Up to `limit` unsent rows of `partitions`, oldest first, leaving out `exclude` (rows
     /// confirmed whose mark is still under way).
     pub async fn fetch(&self, partitions: &[i32], limit: i64, exclude: &[i64]) -> Result<Vec<OutboxRow>, StoreError> {
-        let mut c = self.conn().await?;
-        // The unsent set changes faster than statistics follow: with stale ones the planner
-        // picks a bitmap scan and sorts the whole backlog (payloads included) to return the
-        // first rows. Walking the partial index in id order and stopping at the limit is
-        // always right here, so the other plans are disabled for this statement.
-        c.batch_execute(
-            "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off",
-        )
-        .await?;
-        let rows = self
-            .fetch
-            .bind::<Array<Integer>, _>(partitions)
-            .bind::<Array<BigInt>, _>(exclude)
-            .bind::<BigInt, _>(limit)
-            .load(&mut c)
-            .await;
-        c.batch_execute(if rows.is_ok() { "COMMIT" } else { "ROLLBACK" })
-            .await?;
-        Ok(rows?)
+        self.with_index_plans(async |c| {
+            self.fetch
+                .bind::<Array<Integer>, _>(partitions)
+                .bind::<Array<BigInt>, _>(exclude)
+                .bind::<BigInt, _>(limit)
+                .load(c)
+                .await
+        })
+        .await
     }
 
     /// Marks confirmed rows sent; returns how many were (fewer if a lease was lost meanwhile).
@@ -219,16 +209,42 @@ impl Store {
         let parts: Vec<i32> = rows.iter().map(|r| r.partition).collect();
         let fences: Vec<i64> = rows.iter().map(|r| r.fence).collect();
         let created: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|r| r.created_at).collect();
+        self.with_index_plans(async |c| {
+            self.mark
+                .bind::<Array<BigInt>, _>(ids)
+                .bind::<Array<Integer>, _>(parts)
+                .bind::<Array<BigInt>, _>(fences)
+                .bind::<Array<Timestamptz>, _>(created)
+                .bind::<SqlUuid, _>(owner)
+                .execute(c)
+                .await
+        })
+        .await
+    }
+
+    /// Runs `statement` in a transaction whose planner may only walk indexes.
+    ///
+    /// Both hot statements have one right plan: the fetch walks the partial index of unsent
+    /// rows in id order and stops at its limit; the mark finds each row by its key. The
+    /// planner can be led away from either. The unsent set changes faster than statistics
+    /// follow, and with stale ones it picks a bitmap scan and sorts the whole backlog
+    /// (payloads included) to return the first rows. And each connection keeps the two
+    /// prepared, so a plan made once is kept: a day partition still empty when the mark was
+    /// planned gets a sequential scan, which a full day later reads a million rows for each
+    /// row marked. With the other plans disabled, a plan is right whenever it was made.
+    async fn with_index_plans<T>(
+        &self,
+        statement: impl AsyncFnOnce(&mut AsyncPgConnection) -> diesel::QueryResult<T>,
+    ) -> Result<T, StoreError> {
         let mut c = self.conn().await?;
-        Ok(self
-            .mark
-            .bind::<Array<BigInt>, _>(ids)
-            .bind::<Array<Integer>, _>(parts)
-            .bind::<Array<BigInt>, _>(fences)
-            .bind::<Array<Timestamptz>, _>(created)
-            .bind::<SqlUuid, _>(owner)
-            .execute(&mut c)
-            .await?)
+        c.batch_execute(
+            "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off",
+        )
+        .await?;
+        let result = statement(&mut c).await;
+        c.batch_execute(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })
+            .await?;
+        Ok(result?)
     }
 
     /// Records a failed attempt; returns the attempts so far.
