@@ -11,17 +11,28 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// of the children that ended and were waited for (so PostgreSQL's backends that came and went
 /// count, under the postmaster, and so does a load generator run to its end).
 pub fn parse_stat(stat: &str) -> Option<(u32, f64)> {
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(stat)?;
     let parent = fields.get(1)?.parse().ok()?;
     // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the name
     // and the state.
-    let mut ticks = 0.0;
-    for i in 11..15 {
-        ticks += fields.get(i)?.parse::<f64>().ok()?;
-    }
-    Some((parent, ticks / TICKS_PER_SECOND))
+    Some((parent, ticks(&fields, 11..15)? / TICKS_PER_SECOND))
+}
+
+/// The CPU seconds in a `/proc/<pid>/stat` line of the process alone: user + system, without
+/// its children's (a load generator it ran and waited for is not counted as its own work).
+pub fn parse_own_seconds(stat: &str) -> Option<f64> {
+    Some(ticks(&stat_fields(stat)?, 11..13)? / TICKS_PER_SECOND)
+}
+
+/// The fields of a stat line after the command name (field 2), which is in parentheses and may
+/// hold spaces: the state (field 3) is the first.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect())
+}
+
+/// The sum of the clock-tick fields at `range` (indexes of [`stat_fields`]).
+fn ticks(fields: &[&str], range: std::ops::Range<usize>) -> Option<f64> {
+    range.map(|i| fields.get(i)?.parse::<f64>().ok()).sum()
 }
 
 /// CPU seconds of `pid` so far ([`parse_stat`]), or `None` if it is gone.
@@ -82,6 +93,9 @@ pub enum Group {
     Tree(u32),
     /// The calling process (with the children it waited for).
     This,
+    /// The calling process alone, without the children it waited for (a server running in
+    /// the benchmark's process while the load generator it runs is measured apart).
+    ThisAlone,
 }
 
 impl Group {
@@ -96,6 +110,7 @@ impl Group {
             Group::Named(comm) => sum(pids_named(comm)),
             Group::Tree(parent) => tree_seconds(*parent, &all_stats()),
             Group::This => cpu_seconds(std::process::id()),
+            Group::ThisAlone => parse_own_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?),
         }
     }
 }
@@ -196,8 +211,8 @@ mod tests {
     }
 
     #[test]
-    fn a_child_that_ended_and_was_waited_for_is_counted() {
-        let meter = CpuMeter::start(vec![("me", Group::This)]);
+    fn a_child_that_ended_and_was_waited_for_is_counted_unless_alone() {
+        let meter = CpuMeter::start(vec![("me", Group::This), ("alone", Group::ThisAlone)]);
         // A fixed amount of work for the child (a few tenths of a second of CPU); this
         // process only waits meanwhile, so without the child's time it would count ~0.
         let status = std::process::Command::new("sh")
@@ -207,6 +222,7 @@ mod tests {
         assert!(status.success());
         let used = meter.used();
         assert!(used[0].1 >= 0.05, "{used:?}");
+        assert!(used[1].1 < used[0].1 / 2.0, "{used:?}");
     }
 
     #[test]
@@ -225,6 +241,7 @@ mod tests {
             line(9, 1, [999, 0, 0, 0]),
         ];
         assert_eq!(parse_stat(&stats[0].1), Some((1, 1.8)));
+        assert_eq!(parse_own_seconds(&stats[0].1), Some(1.2));
         let secs = tree_seconds(7, &stats).unwrap();
         assert!((secs - 2.15).abs() < 1e-9, "{secs}");
         assert_eq!(tree_seconds(5, &stats), None);
