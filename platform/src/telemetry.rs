@@ -122,10 +122,10 @@ where
         .with_writer(writer)
         .json()
         .flatten_event(true)
-        .with_current_span(true)
+        .with_current_span(false)
         .with_span_list(false)
         .fmt_fields(AppendingJsonFields::default())
-        .map_event_format(|inner| WithTraceIds { inner, dispatch })
+        .map_event_format(|inner| WithSpan { inner, dispatch })
 }
 
 /// A span's fields as one JSON object, as `tracing-subscriber` writes them, except that fields
@@ -222,14 +222,18 @@ fn trace_ids(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<(String, Str
         .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
-/// The JSON line of the inner format, with `trace_id` and `span_id` of the current span added
-/// when it is traced (without OpenTelemetry, the line is unchanged).
-struct WithTraceIds<F> {
+/// The JSON line of the inner format (written without its span), with the current span's
+/// fields and name under `span`, and `trace_id` and `span_id` of that span when it is traced.
+///
+/// The span's fields are kept as JSON text ([`AppendingJsonFields`]) and are copied into the
+/// line as they are: `tracing-subscriber`'s own `with_current_span` parses them into a map and
+/// writes them out again for every line, which was most of the cost of an access-log line.
+struct WithSpan<F> {
     inner: F,
     dispatch: DispatchCell,
 }
 
-impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+impl<S, N, F> FormatEvent<S, N> for WithSpan<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -241,16 +245,27 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let Some((trace_id, span_id)) = ctx.parent_span().and_then(|span| self.dispatch.trace_ids(&span.id())) else {
+        let Some(span) = ctx.parent_span() else {
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::new();
         self.inner.format_event(ctx, Writer::new(&mut line), event)?;
-        // The JSON format writes one object and a newline: the ids go in before its `}`.
-        match line.trim_end().strip_suffix('}') {
-            Some(object) => writeln!(writer, r#"{object},"trace_id":"{trace_id}","span_id":"{span_id}"}}"#),
-            None => writer.write_str(&line),
+        // The JSON format writes one object and a newline: the span goes in before its `}`.
+        let Some(object) = line.trim_end().strip_suffix('}') else {
+            return writer.write_str(&line);
+        };
+        let extensions = span.extensions();
+        let fields = extensions
+            .get::<FormattedFields<N>>()
+            .and_then(|f| f.fields.trim().strip_prefix('{')?.strip_suffix('}'))
+            .unwrap_or("");
+        let name = serde_json::to_string(span.name()).map_err(|_| std::fmt::Error)?;
+        let comma = if fields.is_empty() { "" } else { "," };
+        write!(writer, r#"{object},"span":{{{fields}{comma}"name":{name}}}"#)?;
+        if let Some((trace_id, span_id)) = self.dispatch.trace_ids(&span.id()) {
+            write!(writer, r#","trace_id":"{trace_id}","span_id":"{span_id}""#)?;
         }
+        writeln!(writer, "}}")
     }
 }
 
@@ -314,8 +329,10 @@ mod tests {
             assert_eq!(out[0]["span"]["job"], 7);
             assert_eq!(out[0]["trace_id"], trace_id.as_str());
             assert_eq!(out[0]["span_id"], span_id.as_str());
+            assert_eq!(out[0]["span"]["name"], "work");
             assert_eq!(out[1]["message"], "outside");
             assert!(out[1].get("trace_id").is_none(), "{}", out[1]);
+            assert!(out[1].get("span").is_none(), "{}", out[1]);
         });
     }
 
@@ -356,9 +373,13 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             dispatch.set_to_current();
             tracing::info_span!("request", trace_id = "abc").in_scope(|| tracing::info!("inside"));
+            tracing::info_span!("fieldless").in_scope(|| tracing::info!(n = 2, "bare"));
         });
         let out = logged(&lines);
         assert_eq!(out[0]["span"]["trace_id"], "abc");
+        assert_eq!(out[0]["span"]["name"], "request");
         assert!(out[0].get("span_id").is_none(), "{}", out[0]);
+        assert_eq!(out[1]["span"], serde_json::json!({"name": "fieldless"}), "{}", out[1]);
+        assert_eq!(out[1]["n"], 2, "{}", out[1]);
     }
 }
