@@ -303,6 +303,18 @@ mod tests {
             .collect()
     }
 
+    /// The JSON lines `log` writes through the services' format, without OpenTelemetry.
+    fn json_lines_without_opentelemetry(log: impl FnOnce()) -> Vec<serde_json::Value> {
+        let lines = Lines::default();
+        let dispatch = DispatchCell::default();
+        let subscriber = tracing_subscriber::registry().with(json_logs(lines.clone(), dispatch.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            dispatch.set_to_current();
+            log();
+        });
+        logged(&lines)
+    }
+
     #[test]
     fn json_lines_in_a_traced_span_carry_its_ids() {
         // A provider without an exporter still makes valid, sampled span contexts.
@@ -338,11 +350,7 @@ mod tests {
 
     #[test]
     fn fields_recorded_later_join_the_span_fields() {
-        let lines = Lines::default();
-        let dispatch = DispatchCell::default();
-        let subscriber = tracing_subscriber::registry().with(json_logs(lines.clone(), dispatch.clone()));
-        tracing::subscriber::with_default(subscriber, || {
-            dispatch.set_to_current();
+        let out = json_lines_without_opentelemetry(|| {
             let empty = tracing::info_span!("bare", later = tracing::field::Empty);
             empty.record("later", "x\"y");
             empty.in_scope(|| tracing::info!("first"));
@@ -357,7 +365,6 @@ mod tests {
             span.record("status", 404);
             span.in_scope(|| tracing::info!("second"));
         });
-        let out = logged(&lines);
         assert_eq!(out[0]["span"]["later"], "x\"y", "{}", out[0]);
         assert_eq!(out[1]["span"]["route"], "/v1/products/{id}", "{}", out[1]);
         assert_eq!(out[1]["span"]["trace_id"], "abc", "{}", out[1]);
@@ -367,15 +374,10 @@ mod tests {
 
     #[test]
     fn json_lines_are_unchanged_without_opentelemetry() {
-        let lines = Lines::default();
-        let dispatch = DispatchCell::default();
-        let subscriber = tracing_subscriber::registry().with(json_logs(lines.clone(), dispatch.clone()));
-        tracing::subscriber::with_default(subscriber, || {
-            dispatch.set_to_current();
+        let out = json_lines_without_opentelemetry(|| {
             tracing::info_span!("request", trace_id = "abc").in_scope(|| tracing::info!("inside"));
             tracing::info_span!("fieldless").in_scope(|| tracing::info!(n = 2, "bare"));
         });
-        let out = logged(&lines);
         assert_eq!(out[0]["span"]["trace_id"], "abc");
         assert_eq!(out[0]["span"]["name"], "request");
         assert!(out[0].get("span_id").is_none(), "{}", out[0]);
