@@ -16,6 +16,13 @@ async fn second_read_is_a_hit_and_if_none_match_gives_304() {
     app.publish(&product_event(&p)).await;
     app.wait_version("rv_products", p.id, 1).await;
     let path = format!("/v1/products/{}", p.id);
+    // The projector writes Redis right after its commit: wait for that write, not only the row.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.state().cache.raw_view(AggregateType::Product, p.id).await.is_none()
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // The projector primed the cache; forget the in-process tier to see Redis at work.
     app.state().cache.clear_local();
     let first = answer(app.get(&path)).await;
