@@ -165,11 +165,16 @@ impl Store {
         // Planned at each run, unlike the fetch: a plan kept for it probes each day partition
         // per row, and PostgreSQL's generic plan for it can walk a whole partition's unsent
         // rows per row marked (seen: 5,000 rows marked in 30 s with a week of history).
+        // The batch's oldest and newest `created_at` ($6, $7) let the planner drop the other
+        // day partitions before it plans them: planning the join over every partition took
+        // ~4 ms with 5 of them (~0.4 ms pruned), where running it for a batch of a few rows,
+        // as at low rates, takes under 1 ms.
         let mark_sql = format!(
             "UPDATE {t} o SET sent_at = now(), last_error = NULL \
              FROM unnest($1::bigint[], $2::int[], $3::bigint[], $5::timestamptz[]) AS m(id, p, f, c) \
              JOIN {leases} l ON l.partition = m.p AND l.fence = m.f \
-             WHERE o.id = m.id AND o.created_at = m.c AND l.owner = $4 AND o.sent_at IS NULL"
+             WHERE o.id = m.id AND o.created_at = m.c AND l.owner = $4 AND o.sent_at IS NULL \
+               AND o.created_at BETWEEN $6 AND $7"
         );
         Self {
             pool,
@@ -223,6 +228,9 @@ impl Store {
         let parts: Vec<i32> = rows.iter().map(|r| r.partition).collect();
         let fences: Vec<i64> = rows.iter().map(|r| r.fence).collect();
         let created: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|r| r.created_at).collect();
+        // Not empty (checked above).
+        let oldest = created.iter().min().copied().unwrap_or_default();
+        let newest = created.iter().max().copied().unwrap_or_default();
         let mut c = self.conn().await?;
         Ok(diesel::sql_query(&self.mark_sql)
             .bind::<Array<BigInt>, _>(ids)
@@ -230,6 +238,8 @@ impl Store {
             .bind::<Array<BigInt>, _>(fences)
             .bind::<SqlUuid, _>(owner)
             .bind::<Array<Timestamptz>, _>(created)
+            .bind::<Timestamptz, _>(oldest)
+            .bind::<Timestamptz, _>(newest)
             .execute(&mut c)
             .await?)
     }

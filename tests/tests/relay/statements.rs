@@ -113,3 +113,55 @@ async fn the_fetch_is_prepared_once_and_keeps_its_index_walk() {
         "{plan:#?}"
     );
 }
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The mark names the span of its rows' `created_at` so that the planner leaves out the other
+/// days; a batch whose rows span days (and the default partition) is still marked whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mark_spanning_days_marks_every_row_of_each() {
+    let db = TestDatabase::new().await;
+    let names = TableNames::parse("outbox").unwrap();
+    outbox_relay::schema::migrate(db.url(), &names, PARTITIONS)
+        .await
+        .unwrap();
+    let mut c = db.conn().await;
+    ordering_tests::relay::outbox::make_past_days(&mut c, "outbox", 3).await;
+    // Today, yesterday, two days ago, and 30 days ago (no partition: the default one).
+    c.batch_execute(
+        "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, sequence, event_type, payload, created_at) \
+         SELECT gen_random_uuid(), 'order', 'span-' || d, 1, 'order.placed', '{}', now() - d * interval '1 day' \
+         FROM unnest(ARRAY[0, 1, 2, 30]) AS d; \
+         UPDATE outbox_relay_leases SET owner = '00000000-0000-0000-0000-0000000000aa', fence = 1, \
+           expires_at = now() + interval '1 hour'",
+    )
+    .await
+    .unwrap();
+    let store = Store::new(ordering_platform::db::pool(db.url(), 1, None), names, PARTITIONS);
+    let all: Vec<i32> = (0..PARTITIONS).collect();
+    let rows = store.fetch(&all, 50, &[]).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    let confirmed: Vec<Confirmed> = rows
+        .iter()
+        .map(|r| Confirmed {
+            id: r.id,
+            partition: r.partition,
+            fence: 1,
+            created_at: r.created_at,
+        })
+        .collect();
+    let owner = uuid::Uuid::from_u128(0xaa);
+    // The newest and the oldest alone, then all four: every row is inside its own batch's span.
+    assert_eq!(store.mark_sent(&confirmed[..1], owner).await.unwrap(), 1);
+    assert_eq!(store.mark_sent(&confirmed[3..], owner).await.unwrap(), 1);
+    assert_eq!(store.mark_sent(&confirmed, owner).await.unwrap(), 2);
+    let unsent: Count = diesel::sql_query("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")
+        .get_result(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(unsent.n, 0);
+}
