@@ -74,7 +74,10 @@ const CALIBRATION_MEASURED: Duration = Duration::from_secs(20);
 const DRAIN_LIMIT: Duration = Duration::from_secs(180);
 /// The soak's PostgreSQL server: autovacuum at PostgreSQL's defaults (on, as in production), and
 /// `fsync = on` like the machine's server (the throwaway servers of the tests turn it off).
-const PG_SETTINGS: &str = "autovacuum = on\nfsync = on\n";
+const PG_SETTINGS: &str = "autovacuum = on\nfsync = on\n\
+    shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_planning = on\n";
+/// Statements the report lists, the dearest first.
+const TOP_STATEMENTS: i64 = 12;
 /// The settings the report quotes from the soak's server.
 const PG_SETTINGS_SHOWN: [&str; 13] = [
     "autovacuum",
@@ -952,6 +955,49 @@ async fn pg_settings(url: &str) -> anyhow::Result<Vec<String>> {
     Ok(rows.into_iter().map(|s| format!("{} = {}", s.name, s.value)).collect())
 }
 
+/// What one statement cost PostgreSQL over the soak (all databases of its server), from
+/// `pg_stat_statements`: times are the backends' (planning and execution), not CPU alone.
+#[derive(Debug, QueryableByName, Serialize)]
+struct StatementCost {
+    #[diesel(sql_type = Text)]
+    database: String,
+    #[diesel(sql_type = BigInt)]
+    calls: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    plan_ms: f64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    exec_ms: f64,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+    #[diesel(sql_type = Text)]
+    query: String,
+}
+
+/// Forgets what `pg_stat_statements` counted so far (the seeding and the calibration), so the
+/// statements' costs are the soak's own.
+async fn reset_statements(url: &str) -> anyhow::Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    conn.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()")
+        .await?;
+    Ok(())
+}
+
+/// The statements that cost PostgreSQL the most time since [`reset_statements`].
+async fn top_statements(url: &str) -> anyhow::Result<Vec<StatementCost>> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    Ok(diesel::sql_query(
+        "SELECT d.datname::text AS database, s.calls, s.total_plan_time AS plan_ms, s.total_exec_time AS exec_ms,
+                s.rows, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 200) AS query
+           FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+          ORDER BY s.total_plan_time + s.total_exec_time DESC LIMIT $1",
+    )
+    .bind::<BigInt, _>(TOP_STATEMENTS)
+    .load(&mut conn)
+    .await?)
+}
+
 /// Whether the outbox is partitioned (the write-api's own, by day) rather than a plain table.
 async fn outbox_partitioned(url: &str) -> anyhow::Result<bool> {
     use diesel_async::RunQueryDsl;
@@ -1044,6 +1090,8 @@ struct SoakReport {
     /// Refusals by status and code, failures by status or cause, over the run.
     answers_by_code: BTreeMap<String, u64>,
     verdicts: Vec<(String, String)>,
+    /// The statements that cost PostgreSQL the most over the soak.
+    statements: Vec<StatementCost>,
     notes: Vec<String>,
     logs: String,
 }
@@ -1261,6 +1309,9 @@ pub async fn run(duration: Duration, rate: Option<u32>, out: &Path) -> anyhow::R
         ),
         (None, None) => "default".to_owned(),
     };
+    if let Err(e) = reset_statements(&services.pg.url("postgres")).await {
+        notes.push(format!("pg_stat_statements could not be reset: {e}"));
+    }
     let (minutes, answers_by_code) = Soak {
         services: &services,
         client: &client,
@@ -1269,6 +1320,10 @@ pub async fn run(duration: Duration, rate: Option<u32>, out: &Path) -> anyhow::R
     }
     .run(duration, rate_asked, &mut notes)
     .await;
+    let statements = top_statements(&services.pg.url("postgres")).await.unwrap_or_else(|e| {
+        notes.push(format!("pg_stat_statements could not be read: {e}"));
+        Vec::new()
+    });
     let partitioned = outbox_partitioned(&services.write_db).await?;
     let verdicts = verdicts(&minutes, &watched, partitioned);
     let setup = vec![
@@ -1316,6 +1371,7 @@ pub async fn run(duration: Duration, rate: Option<u32>, out: &Path) -> anyhow::R
         minutes,
         answers_by_code,
         verdicts,
+        statements,
         notes,
         logs: logs.display().to_string(),
     };
@@ -1636,6 +1692,30 @@ fn markdown(r: &SoakReport) -> String {
             m.autovacuum_runs,
             m.unsent_rows
         );
+    }
+    if !r.statements.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Where PostgreSQL's time went\n\nThe {} statements of the soak (after the calibration) that \
+             took its server the most time, planning and executing, in all its databases \
+             (`pg_stat_statements`; time in the backends, waits included).\n\n\
+             | database | calls | planning ms | executing ms | ms a call | rows | statement |\n\
+             |---|---|---|---|---|---|---|",
+            r.statements.len()
+        );
+        for st in &r.statements {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {:.3} | {} | `{}` |",
+                st.database,
+                st.calls,
+                st.plan_ms,
+                st.exec_ms,
+                (st.plan_ms + st.exec_ms) / st.calls.max(1) as f64,
+                st.rows,
+                st.query.replace('|', "\\|").replace('`', "'")
+            );
+        }
     }
     if !r.answers_by_code.is_empty() {
         md.push_str("\n## Refusals and failures over the run\n\n| answer | commands |\n|---|---|\n");
@@ -1982,6 +2062,14 @@ mod tests {
             minutes: vec![m.clone(), m],
             answers_by_code: BTreeMap::from([("409 invalid_transition".to_owned(), 2)]),
             verdicts: verdicts(&[], &[], true),
+            statements: vec![StatementCost {
+                database: "ordering".into(),
+                calls: 4,
+                plan_ms: 1.0,
+                exec_ms: 3.0,
+                rows: 4,
+                query: "SELECT a | b".into(),
+            }],
             notes: vec!["a note".into()],
             logs: "/tmp/logs".into(),
         };
@@ -1992,11 +2080,16 @@ mod tests {
                 columns = None;
                 continue;
             }
-            let n = line.matches('|').count();
+            // An escaped pipe is a cell's text, not a column.
+            let n = line.replace("\\|", "").matches('|').count();
             assert_eq!(*columns.get_or_insert(n), n, "{line}");
         }
         assert!(md.contains("RSS MiB (write-api, read-api) | CPU % of a core (write-api, postgres)"));
         assert!(md.contains("| 1.0, 2.0 | 10, 30 |"), "{md}");
+        assert!(
+            md.contains("| ordering | 4 | 1 | 3 | 1.000 | 4 | `SELECT a \\| b` |"),
+            "{md}"
+        );
     }
 
     #[test]
