@@ -120,11 +120,15 @@ impl Statement {
         V: ToSql<ST, Pg> + Send + 'a,
         ST: Send + 'a,
     {
+        self.unbound().bind::<ST, V>(value)
+    }
+
+    /// The statement with no bind yet: as it is, for a statement that takes none.
+    pub fn unbound(&self) -> Bound<'_> {
         Bound {
             statement: self,
             binds: Vec::with_capacity(self.pieces.len() - 1),
         }
-        .bind::<ST, V>(value)
     }
 }
 

@@ -13,10 +13,13 @@
 //! `rv_applied_seq`): that is how a rebuild tells the rows applied while it ran from older
 //! ones ([`crate::rebuild`]).
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use ordering_platform::db::Statement;
 use ordering_schema::events::{OrderData, ProductData};
 use uuid::Uuid;
 
@@ -270,7 +273,11 @@ pub async fn announce(conn: &mut AsyncPgConnection, entries: &[String]) -> diese
     if payloads.is_empty() {
         return Ok(());
     }
-    diesel::sql_query("SELECT count(*) AS n FROM (SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p) n")
+    // Kept prepared (it touches no table): it runs in every applying transaction.
+    static NOTIFY: LazyLock<Statement> = LazyLock::new(|| {
+        Statement::new("SELECT count(*) AS n FROM (SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p) n")
+    });
+    NOTIFY
         .bind::<Text, _>(NOTIFY_CHANNEL)
         .bind::<Array<Text>, _>(&payloads)
         .execute(conn)
