@@ -31,15 +31,21 @@ struct PlanLine {
     line: String,
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_fetch_is_prepared_once_and_keeps_its_index_walk() {
+/// A database with the relay's schema, and a store on one connection (so every statement of a
+/// test runs on the connection whose cache it inspects).
+async fn migrated() -> (TestDatabase, Store) {
     let db = TestDatabase::new().await;
     let names = TableNames::parse("outbox").unwrap();
     outbox_relay::schema::migrate(db.url(), &names, PARTITIONS)
         .await
         .unwrap();
-    // One connection, so every statement below runs on the one whose cache is inspected.
     let store = Store::new(ordering_platform::db::pool(db.url(), 1, None), names, PARTITIONS);
+    (db, store)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fetch_is_prepared_once_and_keeps_its_index_walk() {
+    let (db, store) = migrated().await;
     insert_events(&mut db.conn().await, "outbox", "prep-", 40, 1, 5, 10).await;
 
     let all: Vec<i32> = (0..PARTITIONS).collect();
@@ -124,11 +130,7 @@ struct Count {
 /// days; a batch whose rows span days (and the default partition) is still marked whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mark_spanning_days_marks_every_row_of_each() {
-    let db = TestDatabase::new().await;
-    let names = TableNames::parse("outbox").unwrap();
-    outbox_relay::schema::migrate(db.url(), &names, PARTITIONS)
-        .await
-        .unwrap();
+    let (db, store) = migrated().await;
     let mut c = db.conn().await;
     ordering_tests::relay::outbox::make_past_days(&mut c, "outbox", 3).await;
     // Today, yesterday, two days ago, and 30 days ago (no partition: the default one).
@@ -141,7 +143,6 @@ async fn a_mark_spanning_days_marks_every_row_of_each() {
     )
     .await
     .unwrap();
-    let store = Store::new(ordering_platform::db::pool(db.url(), 1, None), names, PARTITIONS);
     let all: Vec<i32> = (0..PARTITIONS).collect();
     let rows = store.fetch(&all, 50, &[]).await.unwrap();
     assert_eq!(rows.len(), 4);
