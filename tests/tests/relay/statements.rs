@@ -9,7 +9,7 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ordering_tests::relay::outbox::insert_events;
 use ordering_tests::test_db::TestDatabase;
 use outbox_relay::schema::TableNames;
-use outbox_relay::store::{Confirmed, Store};
+use outbox_relay::store::{Confirmed, OutboxRow, Store};
 
 const PARTITIONS: i32 = 16;
 
@@ -43,6 +43,18 @@ async fn migrated() -> (TestDatabase, Store) {
     (db, store)
 }
 
+/// `rows` as confirmed under leases of `fence`.
+fn confirmed(rows: &[OutboxRow], fence: i64) -> Vec<Confirmed> {
+    rows.iter()
+        .map(|r| Confirmed {
+            id: r.id,
+            partition: r.partition,
+            fence,
+            created_at: r.created_at,
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fetch_is_prepared_once_and_keeps_its_index_walk() {
     let (db, store) = migrated().await;
@@ -55,15 +67,7 @@ async fn the_fetch_is_prepared_once_and_keeps_its_index_walk() {
         assert_eq!(fetched.len(), 50);
     }
     // No lease is held, so nothing is marked; the statement runs all the same.
-    let confirmed: Vec<Confirmed> = fetched
-        .iter()
-        .map(|r| Confirmed {
-            id: r.id,
-            partition: r.partition,
-            fence: 0,
-            created_at: r.created_at,
-        })
-        .collect();
+    let confirmed = confirmed(&fetched, 0);
     for _ in 0..7 {
         assert_eq!(store.mark_sent(&confirmed, uuid::Uuid::new_v4()).await.unwrap(), 0);
     }
@@ -146,15 +150,7 @@ async fn a_mark_spanning_days_marks_every_row_of_each() {
     let all: Vec<i32> = (0..PARTITIONS).collect();
     let rows = store.fetch(&all, 50, &[]).await.unwrap();
     assert_eq!(rows.len(), 4);
-    let confirmed: Vec<Confirmed> = rows
-        .iter()
-        .map(|r| Confirmed {
-            id: r.id,
-            partition: r.partition,
-            fence: 1,
-            created_at: r.created_at,
-        })
-        .collect();
+    let confirmed = confirmed(&rows, 1);
     let owner = uuid::Uuid::from_u128(0xaa);
     // The newest and the oldest alone, then all four: every row is inside its own batch's span.
     assert_eq!(store.mark_sent(&confirmed[..1], owner).await.unwrap(), 1);
