@@ -96,7 +96,10 @@ async fn a_place_order_is_one_trace_across_the_three_services_and_a_refusal_ends
     assert_eq!(status, 201, "{order}");
     let spans = otlp
         .trace(&trace, WAIT, |s| {
-            of_kind(s, "outbox-relay", KIND_PRODUCER).len() == 2
+            // Each service exports on its own schedule: wait for every one of them.
+            !named(s, "write-api", "POST /v1/orders").is_empty()
+                && !named(s, "write-api", "command transaction").is_empty()
+                && of_kind(s, "outbox-relay", KIND_PRODUCER).len() == 2
                 && of_kind(s, "read-api", KIND_CONSUMER).len() == 2
                 && !named(s, "read-api", "cache update").is_empty()
         })
@@ -201,7 +204,7 @@ async fn a_place_order_is_one_trace_across_the_three_services_and_a_refusal_ends
         .spans()
         .into_iter()
         .find(|s| s.name == "POST /v1/products" && s.service == "write-api")
-        .expect("the creation's server span");
+        .expect("the creation's server span, exported before the order's");
     assert_eq!(created.parent_span_id, "");
     otlp.trace(&created.trace_id, WAIT, |s| {
         !of_kind(s, "read-api", KIND_CONSUMER).is_empty()
@@ -236,7 +239,8 @@ async fn a_place_order_is_one_trace_across_the_three_services_and_a_refusal_ends
     assert!(refused.iter().all(|s| s.service == "write-api"), "{refused:#?}");
 
     // Probes and scrapes are not traced: the readiness polls that started the pipeline, and
-    // these, left no span (while everything above was exported).
+    // these, left no span. A command after the probes, once its spans came back from all three
+    // services, proves each service exported whatever it recorded before (each exports in order).
     let read_api = p.read_api.as_ref().expect("a read-api");
     for service in [&p.write_api, &p.relays[0], read_api] {
         for path in ["/health/live", "/health/ready", "/metrics"] {
@@ -244,6 +248,23 @@ async fn a_place_order_is_one_trace_across_the_three_services_and_a_refusal_ends
             assert!(res.status().is_success(), "{path}");
         }
     }
+    let (after_trace, after_caller) = caller_context();
+    let later = json!({"sku": format!("{sku}-after"), "name": "Kettle", "description": "", "price_cents": 100, "currency": "EUR", "stock": 5});
+    let (status, problem) = post(
+        &p,
+        "/v1/products",
+        &admin_token(),
+        &format!("00-{after_trace}-{after_caller}-01"),
+        later,
+    )
+    .await;
+    assert_eq!(status, 201, "{problem}");
+    otlp.trace(&after_trace, WAIT, |s| {
+        !named(s, "write-api", "POST /v1/products").is_empty()
+            && !of_kind(s, "outbox-relay", KIND_PRODUCER).is_empty()
+            && !of_kind(s, "read-api", KIND_CONSUMER).is_empty()
+    })
+    .await;
     let probes: Vec<_> = otlp
         .spans()
         .into_iter()
