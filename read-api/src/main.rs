@@ -154,7 +154,7 @@ async fn run_rebuild(settings: Settings, from_available: bool) -> anyhow::Result
             );
             Ok(())
         }
-        Err(e @ rebuild::RebuildError::HeadMissing { .. }) => {
+        Err(e @ (rebuild::RebuildError::HeadMissing { .. } | rebuild::RebuildError::Incomplete { .. })) => {
             eprintln!("rebuild refused: {e}");
             std::process::exit(1);
         }

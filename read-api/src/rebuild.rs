@@ -3,7 +3,9 @@
 //!
 //! The replay applies events with the projector's own code ([`crate::projector::apply`]) into
 //! `rv_*_rebuild`, so the result is what the live projector builds. When the stream has been
-//! idle for a moment the replay is caught up; then, in one transaction holding the live
+//! idle for a moment the replay is caught up, provided it reached as far as the stream held when
+//! the rebuild started (a broker that stalls mid-replay is refused, the views left alone);
+//! then, in one transaction holding the live
 //! tables' locks (the live projector waits a few milliseconds), the rows the live projector
 //! applied while the rebuild ran are carried over where they are newer, the tables are
 //! renamed, the old ones dropped, and a `rebuilt` announcement makes every instance forget its
@@ -85,6 +87,18 @@ pub enum RebuildError {
          rebuild from what it still holds"
     )]
     HeadMissing { stream: String, detail: String },
+    #[error(
+        "the replay of {stream} stopped at offset {reached} (no delivery for {idle:?}) although \
+         the stream held {held} events when the rebuild started; the views were left as they \
+         were. Run the rebuild again once the broker delivers"
+    )]
+    Incomplete {
+        stream: String,
+        /// The last offset replayed (-1: none).
+        reached: i64,
+        held: u64,
+        idle: Duration,
+    },
 }
 
 fn offset_of(props: &lapin::BasicProperties) -> Option<i64> {
@@ -219,6 +233,19 @@ pub async fn run(
     });
     let _ = ch.close(200, "done".into()).await;
     let _ = amqp.close(200, "done".into()).await;
+    // An idle stream means the replay caught up, unless the broker merely stalled: swapping in
+    // a replay short of what the stream held at the start would drop views. (Whether the
+    // count includes offsets that retention dropped or not, a full replay reaches it.)
+    if let Some(held) = total
+        && offset + 1 < i64::try_from(held).unwrap_or(i64::MAX)
+    {
+        return Err(RebuildError::Incomplete {
+            stream: opts.stream.clone(),
+            reached: offset,
+            held,
+            idle: opts.idle,
+        });
+    }
 
     swap(&mut db, &fresh, &live, started_at.mark).await?;
     if let Some(cache) = cache {

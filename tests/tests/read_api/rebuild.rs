@@ -1,14 +1,18 @@
 //! `read-api rebuild`: replaying the stream into fresh tables gives exactly what the live
 //! projector built, views the stream never had do not survive it, and a stream that lost its
-//! head is refused.
+//! head, or a replay the broker stalled, is refused.
+
+use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use ordering_platform::amqp::AmqpNodes;
 use ordering_schema::events::OrderStatus;
 use ordering_tests::read_app::{
     ReadApp, ReadOptions, next_order, next_product, order, order_event, product, product_event,
 };
 use ordering_tests::relay::broker::AMQP_URL;
+use ordering_tests::relay::chaos_proxy::ChaosProxy;
 use ordering_tests::write_app::answer;
 use read_api::rebuild::{self, Options, RebuildError};
 use uuid::Uuid;
@@ -31,7 +35,9 @@ fn options(app: &ReadApp, from_available: bool) -> Options {
         amqp_url: app.settings.amqp_url.clone(),
         stream: app.settings.stream.clone(),
         from_available,
-        idle: std::time::Duration::from_millis(700),
+        // The binary's own default: shorter, a slow first delivery on a loaded machine ends the
+        // replay before it began.
+        idle: std::time::Duration::from_secs(2),
     }
 }
 
@@ -212,4 +218,50 @@ async fn rebuild_drops_views_the_stream_never_had_and_keeps_what_was_applied_dur
     for p in [&kept, &live] {
         assert_eq!(app.stored_version("rv_products", p.id).await, Some(1), "{} lost", p.sku);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_the_broker_stalls_is_refused_and_leaves_the_views_alone() {
+    let app = ReadApp::start_with(ReadOptions {
+        stream: true,
+        ..Default::default()
+    })
+    .await;
+    let products: Vec<_> = (0..300)
+        .map(|i| product(&format!("STALL-{i}"), "Stalled", "replayed through a slow link", 100, 1))
+        .collect();
+    for p in &products {
+        app.publish(&product_event(p)).await;
+    }
+    for p in &products {
+        app.wait_version("rv_products", p.id, 1).await;
+    }
+    let live = snapshot(&app).await;
+
+    // The rebuild's broker link delivers each chunk 300 ms late: longer than its idle, so the
+    // replay goes quiet long before the end of the stream (300 events of ~600 bytes are many
+    // chunks).
+    let proxy = ChaosProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    proxy.slow(Duration::from_millis(300));
+    let mut opts = options(&app, false);
+    opts.amqp_url = AmqpNodes::parse(&proxy.url(AMQP_URL)).unwrap();
+    opts.idle = Duration::from_millis(200);
+    let err = rebuild::run(&opts, Some(&app.state().cache), |_| {})
+        .await
+        .expect_err("a stalled replay must not be swapped in");
+    let RebuildError::Incomplete { reached, held, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(*reached + 1 < 300 && *held >= 300, "{err}");
+    assert!(err.to_string().contains("Run the rebuild again"), "{err}");
+    assert_eq!(snapshot(&app).await, live, "the views changed");
+
+    // Through a healthy link the same rebuild goes through.
+    proxy.restore();
+    opts.idle = Duration::from_secs(2);
+    let report = rebuild::run(&opts, Some(&app.state().cache), |_| {})
+        .await
+        .expect("rebuild");
+    assert_eq!(report.applied, 300);
+    assert_eq!(snapshot(&app).await, live);
 }
