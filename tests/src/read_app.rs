@@ -91,7 +91,9 @@ impl ReadApp {
             replication_factor: ordering_platform::amqp::DEFAULT_REPLICATION_FACTOR,
             redis_url: opts.redis_url.clone(),
             redis_key_prefix: format!("{name}:"),
-            redis_timeout: Duration::from_millis(100),
+            // Not the default 100 ms: on a loaded machine a Redis call may take longer, and the
+            // tests that expect no Redis failure would see one. A dead Redis refuses at once.
+            redis_timeout: Duration::from_secs(1),
             cache_ttl: Duration::from_secs(120),
             local_cache_ttl: Duration::from_secs(5),
             addr: "127.0.0.1:0".parse().expect("addr"),

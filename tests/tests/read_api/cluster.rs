@@ -372,7 +372,7 @@ async fn a_redis_cluster_caches_views_across_slots_and_a_rebuild_drops_every_nod
             amqp_url: app.settings.amqp_url.clone(),
             stream: app.settings.stream.clone(),
             from_available: false,
-            idle: Duration::from_millis(700),
+            idle: Duration::from_secs(2),
         },
         Some(cache),
         |_| {},

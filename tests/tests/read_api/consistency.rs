@@ -156,7 +156,8 @@ async fn a_thousand_waiting_requests_cost_nothing_and_all_wake() {
         .await;
     let started = Instant::now();
     assert_eq!(answer(app.get("/health/live")).await.status, 200);
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // Held up behind the waiters would be 20 s; 2 s leaves a loaded machine room.
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = app
         .query_json("SELECT sum(xact_commit)::bigint AS n FROM pg_stat_database WHERE datname = current_database()")

@@ -94,24 +94,20 @@ async fn waiting_requests_never_starve_health_and_are_bounded() {
         assert!(Instant::now() < deadline, "only {} requests waiting", hub.waiting());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Held up behind the waiters would mean answered only once they give up, after 6 s; the
+    // bound leaves a loaded machine room and still tells the two apart.
+    let not_held = Duration::from_secs(2);
     for path in ["/health/live", "/health/ready"] {
         let started = Instant::now();
         let a = answer(app.get(path)).await;
         let took = started.elapsed();
         assert_eq!(a.status, 200, "{path}: {}", a.text);
-        assert!(
-            took < Duration::from_millis(200),
-            "{path} took {took:?} behind waiting requests"
-        );
+        assert!(took < not_held, "{path} took {took:?} behind waiting requests");
     }
     // A request without a token is not held up by them either.
     let started = Instant::now();
     assert_eq!(answer(app.get("/v1/products")).await.status, 200);
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < not_held, "took {:?}", started.elapsed());
     let mut refused = 0;
     for r in requests {
         let (a, took) = r.await.unwrap();

@@ -91,7 +91,13 @@ async fn sigterm_lets_in_flight_commands_finish_and_exits_cleanly() {
             tokio::spawn(req)
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(15)).await;
+    // SIGTERM once the first command is stored: the server has accepted requests, and most of
+    // the 60 are still in flight (a fixed head start could end before any was accepted).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while db.count("products").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no command stored in 10 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     service.sigterm();
     let mut answered = 0;
     for r in requests {
