@@ -184,11 +184,12 @@ impl ReadApp {
             amqp,
             server,
         };
-        me.wait_until_consuming().await;
+        me.wait_until_running().await;
         me
     }
 
-    async fn wait_until_consuming(&self) {
+    /// Until the projector consumes and the consistency hub LISTENs (readiness needs both).
+    async fn wait_until_running(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while !self
             .service
@@ -197,6 +198,10 @@ impl ReadApp {
             .is_some_and(|p| p.connected())
         {
             assert!(tokio::time::Instant::now() < deadline, "projector did not connect");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while !self.state().hub.listening() {
+            assert!(tokio::time::Instant::now() < deadline, "the hub is not listening");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -80,6 +80,13 @@ async fn read_api_admin_page_in_the_browser_shows_a_parked_gap_and_discards_a_de
         app.dead_letter_count().await == 1
     })
     .await;
+    // A worker parks the gap on its own: the page is loaded once, so it must be there first.
+    wait_until("the gap to be parked", Duration::from_secs(30), || async {
+        !app.query_json(&format!("SELECT 1 AS x FROM rv_parked WHERE id = '{}'", ahead.id))
+            .await
+            .is_empty()
+    })
+    .await;
     let dir = artifact_dir("admin-pages");
     let browser = Browser::start(&dir).await;
     let client = &browser.client;
