@@ -154,7 +154,11 @@ async fn run_rebuild(settings: Settings, from_available: bool) -> anyhow::Result
             );
             Ok(())
         }
-        Err(e @ (rebuild::RebuildError::HeadMissing { .. } | rebuild::RebuildError::Incomplete { .. })) => {
+        Err(
+            e @ (rebuild::RebuildError::HeadMissing { .. }
+            | rebuild::RebuildError::Incomplete { .. }
+            | rebuild::RebuildError::NoDelivery { .. }),
+        ) => {
             eprintln!("rebuild refused: {e}");
             std::process::exit(1);
         }

@@ -5,11 +5,11 @@
 //! `rv_*_rebuild`, so the result is what the live projector builds. When the stream has been
 //! idle for a moment the replay is caught up, provided it reached as far as the stream held when
 //! the rebuild started (a broker that stalls mid-replay is refused, the views left alone);
-//! then, in one transaction holding the live
-//! tables' locks (the live projector waits a few milliseconds), the rows the live projector
-//! applied while the rebuild ran are carried over where they are newer, the tables are
-//! renamed, the old ones dropped, and a `rebuilt` announcement makes every instance forget its
-//! in-process cache. The Redis entries under the key prefix are deleted afterwards.
+//! then, in one transaction holding the live tables' locks (the live projector waits a few
+//! milliseconds), the rows the live projector applied while the rebuild ran are carried over
+//! where they are newer, the tables are renamed, the old ones dropped, and a `rebuilt`
+//! announcement makes every instance forget its in-process cache. The Redis entries under the
+//! key prefix are deleted afterwards.
 //!
 //! "While the rebuild ran" is told by the rows' `applied` numbers (drawn from `rv_applied_seq`
 //! by every write, see [`crate::views`]): the rebuild draws one when it starts, and carries
@@ -88,15 +88,27 @@ pub enum RebuildError {
     )]
     HeadMissing { stream: String, detail: String },
     #[error(
-        "the replay of {stream} stopped at offset {reached} (no delivery for {idle:?}) although \
-         the stream held {held} events when the rebuild started; the views were left as they \
-         were. Run the rebuild again once the broker delivers"
+        "the stream {stream} counts {held} events but delivered none within {waited:?}; the \
+         views were left as they were. Run the rebuild again once the broker delivers"
+    )]
+    NoDelivery {
+        stream: String,
+        held: u64,
+        waited: Duration,
+    },
+    #[error(
+        "the replay of {stream} went quiet for {idle:?} after {events} events (the last at \
+         offset {reached}), short of offset {tail}, which the stream held when the rebuild \
+         started; the views were left as they were. Run the rebuild again once the broker delivers"
     )]
     Incomplete {
         stream: String,
+        /// Events replayed.
+        events: u64,
         /// The last offset replayed (-1: none).
         reached: i64,
-        held: u64,
+        /// The first offset of the stream's last chunk when the rebuild started.
+        tail: i64,
         idle: Duration,
     },
 }
@@ -110,6 +122,37 @@ fn offset_of(props: &lapin::BasicProperties) -> Option<i64> {
         AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
         _ => None,
     }
+}
+
+/// How long the rebuild waits for the stream's last chunk before taking the stream for empty.
+const TAIL_WAIT: Duration = Duration::from_secs(10);
+
+/// The first offset of `stream`'s last chunk (`None`: nothing arrived within `wait`, the stream
+/// is empty or the broker stalls), which a complete replay reaches. The queue's message count is no such bound: it is
+/// a statistic the broker refreshes every few seconds.
+async fn last_chunk_offset(
+    amqp: &lapin::Connection,
+    stream: &str,
+    wait: Duration,
+) -> Result<Option<i64>, RebuildError> {
+    let ch = amqp.create_channel().await?;
+    ch.basic_qos(1, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), AMQPValue::LongString("last".into()));
+    let mut consumer = ch
+        .basic_consume(
+            stream.into(),
+            "read-api-rebuild-tail".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await?;
+    let tail = match tokio::time::timeout(wait, consumer.next()).await {
+        Ok(Some(d)) => offset_of(&d?.properties),
+        Ok(None) | Err(_) => None,
+    };
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(tail)
 }
 
 /// Runs a rebuild; `progress` is called about once a second.
@@ -157,6 +200,14 @@ pub async fn run(
         let _ = ch.close(200, "ok".into()).await;
         (n > 0).then_some(n)
     };
+    let tail = last_chunk_offset(&amqp, &opts.stream, TAIL_WAIT).await?;
+    if let (None, Some(held)) = (tail, total) {
+        return Err(RebuildError::NoDelivery {
+            stream: opts.stream.clone(),
+            held,
+            waited: TAIL_WAIT,
+        });
+    }
     let ch = amqp.create_channel().await?;
     ch.basic_qos(1000, BasicQosOptions::default()).await?;
     let mut args = FieldTable::default();
@@ -234,15 +285,15 @@ pub async fn run(
     let _ = ch.close(200, "done".into()).await;
     let _ = amqp.close(200, "done".into()).await;
     // An idle stream means the replay caught up, unless the broker merely stalled: swapping in
-    // a replay short of what the stream held at the start would drop views. (Whether the
-    // count includes offsets that retention dropped or not, a full replay reaches it.)
-    if let Some(held) = total
-        && offset + 1 < i64::try_from(held).unwrap_or(i64::MAX)
+    // a replay short of what the stream held at the start would drop views.
+    if let Some(tail) = tail
+        && offset < tail
     {
         return Err(RebuildError::Incomplete {
             stream: opts.stream.clone(),
+            events: report.events,
             reached: offset,
-            held,
+            tail,
             idle: opts.idle,
         });
     }
