@@ -127,26 +127,34 @@ fn offset_of(props: &lapin::BasicProperties) -> Option<i64> {
 /// How long the rebuild waits for the stream's last chunk before taking the stream for empty.
 const TAIL_WAIT: Duration = Duration::from_secs(10);
 
+/// A consumer of `stream` on a channel of its own, from `offset` (`first`, `last`, ...), with
+/// `prefetch` unacknowledged deliveries.
+async fn consume_stream(
+    amqp: &lapin::Connection,
+    stream: &str,
+    offset: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Result<(lapin::Channel, lapin::Consumer), RebuildError> {
+    let ch = amqp.create_channel().await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), AMQPValue::LongString(offset.into()));
+    let consumer = ch
+        .basic_consume(stream.into(), tag.into(), BasicConsumeOptions::default(), args)
+        .await?;
+    Ok((ch, consumer))
+}
+
 /// The first offset of `stream`'s last chunk (`None`: nothing arrived within `wait`, the stream
-/// is empty or the broker stalls), which a complete replay reaches. The queue's message count is no such bound: it is
-/// a statistic the broker refreshes every few seconds.
+/// is empty or the broker stalls), which a complete replay reaches. The queue's message count
+/// is no such bound: it is a statistic the broker refreshes every few seconds.
 async fn last_chunk_offset(
     amqp: &lapin::Connection,
     stream: &str,
     wait: Duration,
 ) -> Result<Option<i64>, RebuildError> {
-    let ch = amqp.create_channel().await?;
-    ch.basic_qos(1, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
-    args.insert("x-stream-offset".into(), AMQPValue::LongString("last".into()));
-    let mut consumer = ch
-        .basic_consume(
-            stream.into(),
-            "read-api-rebuild-tail".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
+    let (ch, mut consumer) = consume_stream(amqp, stream, "last", 1, "read-api-rebuild-tail").await?;
     let tail = match tokio::time::timeout(wait, consumer.next()).await {
         Ok(Some(d)) => offset_of(&d?.properties),
         Ok(None) | Err(_) => None,
@@ -208,18 +216,7 @@ pub async fn run(
             waited: TAIL_WAIT,
         });
     }
-    let ch = amqp.create_channel().await?;
-    ch.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
-    args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
-    let mut consumer = ch
-        .basic_consume(
-            opts.stream.as_str().into(),
-            "read-api-rebuild".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
+    let (ch, mut consumer) = consume_stream(&amqp, &opts.stream, "first", 1000, "read-api-rebuild").await?;
 
     let continuity = if opts.from_available {
         Continuity::FromAvailable
