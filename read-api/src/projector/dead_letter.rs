@@ -75,6 +75,10 @@ impl DeadLetters {
     /// Gives up on a delivery: published with `reason`, then acknowledged; rejected without
     /// requeue (the broker dead-letters it) if the publish fails.
     pub async fn give_up(&self, acker: &Acker, routing_key: &str, body: &[u8], reason: &str) {
+        super::within_broker_timeout("dead letter", self.give_up_unbounded(acker, routing_key, body, reason)).await;
+    }
+
+    async fn give_up_unbounded(&self, acker: &Acker, routing_key: &str, body: &[u8], reason: &str) {
         match self.publish(routing_key, body, reason).await {
             Ok(()) => {
                 let _ = acker.ack(BasicAckOptions::default()).await;

@@ -82,6 +82,22 @@ pub use topology::{Topology, dead_letter_exchange, dead_letter_queue, declare};
 use crate::cache::Cache;
 use dead_letter::DeadLetters;
 
+/// The longest the projector waits on one exchange with the broker (acknowledgements, a dead
+/// letter's publish and confirm). lapin's futures can stay pending after their connection dies;
+/// a worker stuck on one would fill its channel, and the session, blocked handing it more,
+/// would never see the connection go and reconnect. What is not settled is redelivered after
+/// the reconnect, and a replayed event changes nothing.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `call`, or `None` (logged) when the broker has not answered within [`BROKER_TIMEOUT`].
+pub(super) async fn within_broker_timeout<T>(what: &'static str, call: impl Future<Output = T>) -> Option<T> {
+    let answer = tokio::time::timeout(BROKER_TIMEOUT, call).await.ok();
+    if answer.is_none() {
+        tracing::warn!(what, timeout = ?BROKER_TIMEOUT, "the broker did not answer; the deliveries are left to its redelivery");
+    }
+    answer
+}
+
 /// The running projector's shared state.
 #[derive(Clone)]
 pub struct Projector {
@@ -309,7 +325,7 @@ impl Projector {
                 Ok(Parsed::Unknown(what)) => {
                     tracing::debug!(what, "acknowledging an event this version does not know");
                     self.metrics.unknown.increment(1);
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    within_broker_timeout("acknowledgement", delivery.acker.ack(BasicAckOptions::default())).await;
                 }
                 Err(poison) => {
                     tracing::warn!(error = %poison, routing_key = %delivery.routing_key, "dead-lettering");

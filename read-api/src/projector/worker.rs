@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::dead_letter::DeadLetters;
 use super::failure::{self, CommitError, Failure};
 use super::parking::{self, Parked, ToPark};
-use super::{Event, Key, Parsed, Projector, Work, apply_all, parse};
+use super::{Event, Key, Parsed, Projector, Work, apply_all, parse, within_broker_timeout};
 use crate::announcement::Announcement;
 use crate::error::{ErrorChain, StoreError};
 use crate::views::{self, Continuity, Outcome, StoredView, Tables};
@@ -428,5 +428,6 @@ async fn drain_chain(
 
 /// Acknowledges `ackers`, all frames in flight at once.
 async fn ack_all(ackers: Vec<Acker>) {
-    futures::future::join_all(ackers.iter().map(|a| a.ack(BasicAckOptions::default()))).await;
+    let acks = futures::future::join_all(ackers.iter().map(|a| a.ack(BasicAckOptions::default())));
+    within_broker_timeout("acknowledgements", acks).await;
 }
