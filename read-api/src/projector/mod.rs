@@ -83,10 +83,11 @@ use crate::cache::Cache;
 use dead_letter::DeadLetters;
 
 /// The longest the projector waits on one exchange with the broker (acknowledgements, a dead
-/// letter's publish and confirm). lapin's futures can stay pending after their connection dies;
-/// a worker stuck on one would fill its channel, and the session, blocked handing it more,
-/// would never see the connection go and reconnect. What is not settled is redelivered after
-/// the reconnect, and a replayed event changes nothing.
+/// letter's publish and confirm). A closed connection fails them at once, but on a half-open
+/// one (the broker gone without a reset) a confirm waits until the heartbeat gives up, and a
+/// full socket buffer holds acknowledgements as long: meanwhile the worker's channel fills and
+/// the session, blocked handing it more, does not see the connection go. What is not settled
+/// is redelivered after the reconnect, and a replayed event changes nothing.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `call`, or `None` (logged) when the broker has not answered within [`BROKER_TIMEOUT`].
