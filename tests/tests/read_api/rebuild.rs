@@ -37,7 +37,7 @@ fn options(app: &ReadApp, from_available: bool) -> Options {
         from_available,
         // The binary's own default: shorter, a slow first delivery on a loaded machine ends the
         // replay before it began.
-        idle: std::time::Duration::from_secs(2),
+        idle: Duration::from_secs(2),
     }
 }
 
@@ -165,16 +165,16 @@ async fn rebuild_drops_views_the_stream_never_had_and_keeps_what_was_applied_dur
     let live = product("LIVE-1", "Live", "created during the rebuild", 100, 1);
     let live_stray = product("STRAY-2", "Stray during", "never in the stream", 100, 1);
     let mut opts = options(&app, false);
-    opts.idle = std::time::Duration::from_millis(1500);
+    opts.idle = Duration::from_millis(1500);
     let during = async {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while app
             .query_json("SELECT 1 AS x FROM pg_class WHERE relname = 'rv_products_rebuild'")
             .await
             .is_empty()
         {
             assert!(tokio::time::Instant::now() < deadline, "the rebuild did not start");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         app.publish(&product_event(&live)).await;
         publish_stray(&app, &product_event(&live_stray)).await;
