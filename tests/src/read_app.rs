@@ -46,6 +46,11 @@ pub struct ReadOptions {
     pub gap_timeout: Duration,
     /// `JWT_SECRET` set for the admin page (the tests' secret); `false` turns the page off.
     pub admin: bool,
+    /// The service's `AMQP_URL` (e.g. through a chaos proxy); the tests' broker when `None`.
+    /// The test itself publishes and reads the dead letters on the tests' broker directly.
+    pub amqp_url: Option<String>,
+    /// `REQUEST_TIMEOUT`: a test whose requests wait long for consistency raises it.
+    pub request_timeout: Duration,
 }
 
 impl Default for ReadOptions {
@@ -58,6 +63,8 @@ impl Default for ReadOptions {
             workers: 4,
             gap_timeout: read_api::settings::DEFAULT_GAP_TIMEOUT,
             admin: true,
+            amqp_url: None,
+            request_timeout: HttpLimits::default().request_timeout,
         }
     }
 }
@@ -87,7 +94,9 @@ impl ReadApp {
         let settings = Settings {
             database_url: db.url().to_owned(),
             pool_size: 16,
-            amqp_url: local_broker(),
+            amqp_url: opts.amqp_url.as_deref().map_or_else(local_broker, |url| {
+                ordering_platform::amqp::AmqpNodes::parse(url).expect("the test's AMQP_URL")
+            }),
             replication_factor: ordering_platform::amqp::DEFAULT_REPLICATION_FACTOR,
             redis_url: opts.redis_url.clone(),
             redis_key_prefix: format!("{name}:"),
@@ -109,7 +118,10 @@ impl ReadApp {
             workers: opts.workers,
             gap_timeout: opts.gap_timeout,
             projector: true,
-            limits: HttpLimits::default(),
+            limits: HttpLimits {
+                request_timeout: opts.request_timeout,
+                ..HttpLimits::default()
+            },
             admin: opts
                 .admin
                 .then(|| AdminGate::new(SECRET.as_bytes(), &ExpectedClaims::default())),

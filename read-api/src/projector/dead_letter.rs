@@ -25,6 +25,8 @@ pub enum DeadLetterError {
     Broker(#[from] lapin::Error),
     #[error("the broker refused a dead letter")]
     Nacked,
+    #[error("the broker did not confirm a dead letter within {0:?}")]
+    NoAnswer(std::time::Duration),
 }
 
 /// Where given-up messages are published: a channel in confirm mode and the dead-letter
@@ -37,7 +39,12 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     /// Publishes `body` (first published with `routing_key`) with `reason` and waits for the
-    /// broker's confirm. The message's timestamp is the time it was given up.
+    /// broker's confirm, at most [`BROKER_TIMEOUT`](super::BROKER_TIMEOUT): the sweep publishes
+    /// inside the transaction that holds the aggregates' locks, and a broker that does not
+    /// answer must not hold them (and the workers waiting on them) until the heartbeat gives
+    /// up. A confirm that comes after the timeout leaves a second copy in the dead letters at
+    /// the next try, never a lost one.
+    /// The message's timestamp is the time it was given up.
     pub async fn publish(&self, routing_key: &str, body: &[u8], reason: &str) -> Result<(), DeadLetterError> {
         let mut reason = reason.to_owned();
         if reason.len() > REASON_MAX {
@@ -55,17 +62,21 @@ impl DeadLetters {
             .with_content_type(ordering_schema::events::MESSAGE_CONTENT_TYPE.into())
             .with_timestamp(u64::try_from(Utc::now().timestamp()).unwrap_or_default())
             .with_headers(headers);
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await?
-            .await?;
+        let confirmed = async {
+            self.channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await?
+                .await
+        };
+        let confirm = tokio::time::timeout(super::BROKER_TIMEOUT, confirmed)
+            .await
+            .map_err(|_| DeadLetterError::NoAnswer(super::BROKER_TIMEOUT))??;
         if confirm.is_nack() {
             return Err(DeadLetterError::Nacked);
         }

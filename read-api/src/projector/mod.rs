@@ -83,18 +83,20 @@ use crate::cache::Cache;
 use dead_letter::DeadLetters;
 
 /// The longest the projector waits on one exchange with the broker (acknowledgements, a dead
-/// letter's publish and confirm). A closed connection fails them at once, but on a half-open
-/// one (the broker gone without a reset) a confirm waits until the heartbeat gives up, and a
-/// full socket buffer holds acknowledgements as long: meanwhile the worker's channel fills and
-/// the session, blocked handing it more, does not see the connection go. What is not settled
-/// is redelivered after the reconnect, and a replayed event changes nothing.
+/// letter's publish and confirm, the dead-letter count). A closed connection fails them at
+/// once, but on a half-open one (the broker gone without a reset) a confirm waits until the
+/// heartbeat gives up, and a full socket buffer holds acknowledgements as long. A session ends
+/// only once its workers and its sweep have, so one of them stuck on the broker would keep the
+/// projector from reconnecting; and the sweep publishes while it holds aggregates' locks that
+/// the workers wait on. What is not settled is redelivered after the reconnect, and a
+/// replayed event changes nothing.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `call`, or `None` (logged) when the broker has not answered within [`BROKER_TIMEOUT`].
 pub(super) async fn within_broker_timeout<T>(what: &'static str, call: impl Future<Output = T>) -> Option<T> {
     let answer = tokio::time::timeout(BROKER_TIMEOUT, call).await.ok();
     if answer.is_none() {
-        tracing::warn!(what, timeout = ?BROKER_TIMEOUT, "the broker did not answer; the deliveries are left to its redelivery");
+        tracing::warn!(what, timeout = ?BROKER_TIMEOUT, "the broker did not answer in time; given up (unsettled deliveries come again after a reconnect)");
     }
     answer
 }
@@ -342,21 +344,33 @@ impl Projector {
                 }
             }
         };
+        // No more deliveries: readiness says so now, not once the workers are done.
+        self.connected.store(false, Ordering::Relaxed);
+        tracing::info!(ended = ?result.as_ref().err(), "projector: deliveries stopped; settling what the workers hold");
         // Stop taking deliveries, then let the workers finish what they hold.
-        let _ = ch
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        within_broker_timeout(
+            "consumer cancel",
+            ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await;
         drop(senders);
-        for w in workers {
-            let _ = w.await;
+        let mut settled = futures::future::join_all(workers);
+        while tokio::time::timeout(Duration::from_secs(10), &mut settled)
+            .await
+            .is_err()
+        {
+            // Each step of a worker is bounded but the database's retries, which log their own.
+            tracing::warn!("projector: workers still settling their deliveries after 10 s; reconnecting after them");
         }
         sweep_stop.cancel();
         let _ = sweeper.await;
-        let _ = dead_letters.channel.close(200, "bye".into()).await;
-        let _ = counting.close(200, "bye".into()).await;
-        self.connected.store(false, Ordering::Relaxed);
-        let _ = ch.close(200, "bye".into()).await;
-        let _ = conn.close(200, "bye".into()).await;
+        within_broker_timeout("close", async {
+            let _ = dead_letters.channel.close(200, "bye".into()).await;
+            let _ = counting.close(200, "bye".into()).await;
+            let _ = ch.close(200, "bye".into()).await;
+            let _ = conn.close(200, "bye".into()).await;
+        })
+        .await;
         result
     }
 }

@@ -116,9 +116,11 @@ impl Projector {
             }
             self.metrics.gaps_timed_out.set(self.gap_report.recent() as f64);
             if counting.status().connected() {
-                match self.dead_letter_count(&counting).await {
-                    Ok(n) => self.metrics.dead_letters.set(f64::from(n)),
-                    Err(e) => tracing::warn!(error = %e, "projector sweep: counting dead letters failed"),
+                // Bounded: the session waits for the sweep before it reconnects.
+                match super::within_broker_timeout("dead-letter count", self.dead_letter_count(&counting)).await {
+                    Some(Ok(n)) => self.metrics.dead_letters.set(f64::from(n)),
+                    Some(Err(e)) => tracing::warn!(error = %e, "projector sweep: counting dead letters failed"),
+                    None => {}
                 }
             }
         }

@@ -7,8 +7,11 @@ use ordering_tests::metrics_text::sample;
 use std::time::Duration;
 
 use chrono::{NaiveDate, TimeZone, Utc};
-use ordering_schema::events::ProductData;
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+use ordering_schema::events::{AggregateType, ProductData};
 use ordering_tests::read_app::{ReadApp, ReadOptions, next_product, order, order_event, product, product_event};
+use ordering_tests::relay::broker::AMQP_URL;
+use ordering_tests::relay::chaos_proxy::ChaosProxy;
 use ordering_tests::write_app::answer;
 use uuid::Uuid;
 
@@ -176,6 +179,78 @@ async fn events_from_the_future_leave_the_window_apply_when_the_gap_fills_and_ti
     }
     let parked = app.query_json("SELECT count(*)::bigint AS n FROM rv_parked").await;
     assert_eq!(parked[0]["n"], 0, "dead-lettered events are still parked");
+}
+
+/// A sweep moving a timed-out gap to the dead letters publishes inside the transaction that
+/// holds the aggregate's lock, which the workers applying that aggregate wait on. A broker that
+/// stops answering without closing the connection (half-open) must not hold that lock until
+/// the heartbeat gives up: the publish is given up after the broker timeout (5 s) and the lock
+/// released, and the dead letter is published once the broker is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_stops_answering_does_not_hold_a_timed_out_gap_s_lock() {
+    let proxy = ChaosProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let app = ReadApp::start_with(ReadOptions {
+        gap_timeout: Duration::from_secs(2),
+        amqp_url: Some(proxy.url(AMQP_URL)),
+        ..ReadOptions::default()
+    })
+    .await;
+    let first = product("HALF-OPEN-1", "Half open", "d", 100, 1);
+    app.publish(&product_event(&next_product(&first, |p| p.stock = 2)))
+        .await;
+    wait_for(
+        &app,
+        "SELECT count(*)::bigint AS n FROM rv_parked",
+        Duration::from_secs(15),
+    )
+    .await;
+    // Every byte either way now waits two minutes: the connection stays open, nothing arrives.
+    proxy.slow(Duration::from_secs(120));
+    // The gap times out; the sweep takes the aggregate's lock and publishes its dead letter.
+    wait_for(
+        &app,
+        "SELECT count(*)::bigint AS n FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        Duration::from_secs(20),
+    )
+    .await;
+    // A worker applying this product would take the same lock: it gets it, well before the
+    // broker's two minutes (and before this lock_timeout).
+    let mut conn = app.db.conn().await;
+    let taken = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            conn.batch_execute("SET LOCAL lock_timeout = '15s'").await?;
+            read_api::projector::parking::lock(conn, &[(AggregateType::Product, first.id)]).await
+        })
+        .await;
+    assert!(
+        taken.is_ok(),
+        "the sweep held the gap's lock while the broker did not answer: {taken:?}"
+    );
+    // The broker back (the stalled connection closed, a new one opened): the dead letter goes.
+    proxy.cut();
+    proxy.restore();
+    let dead = dead_letters(&app, 1, Duration::from_secs(40)).await;
+    assert!(
+        dead.iter()
+            .all(|(_, reason)| reason.as_deref().is_some_and(|r| r.starts_with("gap timeout"))),
+        "{dead:?}"
+    );
+    wait_for(
+        &app,
+        "SELECT (count(*) = 0)::int::bigint AS n FROM rv_parked",
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+/// Waits until `sql`'s `n` is positive.
+async fn wait_for(app: &ReadApp, sql: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while app.query_json(sql).await[0]["n"].as_i64().unwrap_or_default() <= 0 {
+        assert!(tokio::time::Instant::now() < deadline, "not within {within:?}: {sql}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Not a regression test of the old code (which held gaps in memory and retried them): it
