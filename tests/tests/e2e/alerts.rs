@@ -128,15 +128,16 @@ async fn e2e_prometheus_fires_alerts_for_a_dead_letter_and_a_stopped_relay() {
         ..PipelineOptions::default()
     })
     .await;
-    // The shipped rules with every `for:` at 0s (the shipped minutes would outlast the test);
-    // expressions and thresholds as shipped.
+    // The shipped rules with every `for:` at 2s (the shipped minutes would outlast the test;
+    // 2 s rides out one scrape that times out on a loaded machine, which at 0s would fire
+    // ServiceDown on the healthy pipeline); expressions and thresholds as shipped.
     let prometheus = Prometheus::start(
         &[
             ("write-api", vec![p.write_api.addr]),
             ("outbox-relay", vec![p.relays[0].addr]),
             ("read-api", vec![p.read().addr]),
         ],
-        &with_for(&shipped_rules(), "0s"),
+        &with_for(&shipped_rules(), "2s"),
     )
     .await;
     // The first scrape lands about 5 s after start: poll for it.
@@ -150,8 +151,8 @@ async fn e2e_prometheus_fires_alerts_for_a_dead_letter_and_a_stopped_relay() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let scraped = started.elapsed();
-    // A few evaluations on a healthy pipeline: nothing fires.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Evaluations for longer than the `for:` on a healthy pipeline: nothing fires.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let firing: Vec<Value> = prometheus
         .alerts()
         .await
