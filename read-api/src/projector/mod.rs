@@ -359,7 +359,7 @@ impl Projector {
             .await
             .is_err()
         {
-            // Each step of a worker is bounded but the database's retries, which log their own.
+            // Every step of a worker is bounded except the database's retries, which log their own.
             tracing::warn!("projector: workers still settling their deliveries after 10 s; reconnecting after them");
         }
         sweep_stop.cancel();
