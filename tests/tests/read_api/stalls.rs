@@ -12,6 +12,7 @@ use ordering_schema::events::{AggregateType, ProductData};
 use ordering_tests::read_app::{ReadApp, ReadOptions, next_product, order, order_event, product, product_event};
 use ordering_tests::relay::broker::AMQP_URL;
 use ordering_tests::relay::chaos_proxy::ChaosProxy;
+use ordering_tests::relay::wait_until;
 use ordering_tests::write_app::answer;
 use uuid::Uuid;
 
@@ -198,20 +199,25 @@ async fn a_broker_that_stops_answering_does_not_hold_a_timed_out_gap_s_lock() {
     let first = product("HALF-OPEN-1", "Half open", "d", 100, 1);
     app.publish(&product_event(&next_product(&first, |p| p.stock = 2)))
         .await;
-    wait_for(
-        &app,
-        "SELECT count(*)::bigint AS n FROM rv_parked",
-        Duration::from_secs(15),
-    )
+    wait_until("the event parked", Duration::from_secs(15), || async {
+        count(&app, "SELECT count(*)::bigint AS n FROM rv_parked").await > 0
+    })
     .await;
     // Every byte either way now waits two minutes: the connection stays open, nothing arrives.
     proxy.slow(Duration::from_secs(120));
     // The gap times out; the sweep takes the aggregate's lock and publishes its dead letter.
-    wait_for(
-        &app,
-        "SELECT count(*)::bigint AS n FROM pg_locks WHERE locktype = 'advisory' AND granted \
-         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    wait_until(
+        "the sweep holding an aggregate lock",
         Duration::from_secs(20),
+        || async {
+            count(
+                &app,
+                "SELECT count(*)::bigint AS n FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .await
+                > 0
+        },
     )
     .await;
     // A worker applying this product would take the same lock: it gets it, well before the
@@ -236,21 +242,15 @@ async fn a_broker_that_stops_answering_does_not_hold_a_timed_out_gap_s_lock() {
             .all(|(_, reason)| reason.as_deref().is_some_and(|r| r.starts_with("gap timeout"))),
         "{dead:?}"
     );
-    wait_for(
-        &app,
-        "SELECT (count(*) = 0)::int::bigint AS n FROM rv_parked",
-        Duration::from_secs(20),
-    )
+    wait_until("the parking emptied", Duration::from_secs(20), || async {
+        count(&app, "SELECT count(*)::bigint AS n FROM rv_parked").await == 0
+    })
     .await;
 }
 
-/// Waits until `sql`'s `n` is positive.
-async fn wait_for(app: &ReadApp, sql: &str, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    while app.query_json(sql).await[0]["n"].as_i64().unwrap_or_default() <= 0 {
-        assert!(tokio::time::Instant::now() < deadline, "not within {within:?}: {sql}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The `n` that `sql` counts.
+async fn count(app: &ReadApp, sql: &str) -> i64 {
+    app.query_json(sql).await[0]["n"].as_i64().unwrap_or_default()
 }
 
 /// Not a regression test of the old code (which held gaps in memory and retried them): it
